@@ -1,0 +1,147 @@
+"""Device, execution mode and precision: the one place that knows about HPU, CUDA and CPU.
+
+Model code never imports this module; the training scripts ask it for a device, wrap their step in
+``autocast``, compile for graph mode and call ``mark_step``. Every Habana import lives here, behind
+``habana_module``, so that machines without the Habana stack never touch it (tests substitute a
+stand-in module of their own under the same names).
+
+Table (DESIGN.md):
+    mode   | hpu                         | cuda / cpu
+    eager  | plain                       | plain
+    graph  | torch.compile(hpu_backend)  | torch.compile
+    lazy   | PT_HPU_LAZY_MODE=1 + marks  | warn once, run eager
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+from typing import Iterable, Optional
+
+import torch
+
+DEVICE_CHOICES = ("auto", "hpu", "cuda", "cpu")
+MODE_CHOICES = ("eager", "graph", "lazy")
+PRECISION_CHOICES = ("fp32", "bf16")
+DIST_BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device kind cannot be used on this machine."""
+
+
+def habana_module(name: str = "habana_frameworks.torch.core"):
+    """Import a Habana module, or return None when the Habana stack is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def resolve_device_kind(requested: str = "auto") -> str:
+    """Map ``--device`` to 'hpu' | 'cuda' | 'cpu'; auto prefers hpu, then cuda, then cpu."""
+    if requested not in DEVICE_CHOICES:
+        raise DeviceUnavailableError(f"--device {requested!r}: choose from {', '.join(DEVICE_CHOICES)}")
+    if requested == "auto":
+        if habana_module() is not None:
+            return "hpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "hpu" and habana_module() is None:
+        raise DeviceUnavailableError("--device hpu: the Habana stack (habana_frameworks.torch) is not installed")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("--device cuda: no CUDA device is available to PyTorch")
+    return requested
+
+
+def torch_device(kind: str, local_rank: int = 0) -> torch.device:
+    """The torch.device a rank trains on (CUDA: one GPU per local rank)."""
+    if kind == "cuda":
+        index = local_rank % max(1, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    if kind == "hpu":
+        habana_module()  # registers the 'hpu' device type with torch
+        return torch.device("hpu")
+    return torch.device("cpu")
+
+
+def effective_mode(kind: str, mode: Optional[str]) -> str:
+    """The mode that really runs: lazy exists only on HPU (elsewhere: warn once, run eager)."""
+    mode = mode or "eager"
+    if mode not in MODE_CHOICES:
+        raise ValueError(f"--mode {mode!r}: choose from {', '.join(MODE_CHOICES)}")
+    if mode == "lazy" and kind != "hpu":
+        warnings.warn(f"--mode lazy is an HPU mode; running eager on {kind}", stacklevel=2)
+        return "eager"
+    return mode
+
+
+def mode_environment(kind: str, mode: str) -> dict:
+    """Environment variables a mode needs before the Habana bridge is imported."""
+    if kind == "hpu":
+        return {"PT_HPU_LAZY_MODE": "1" if mode == "lazy" else "0"}
+    return {}
+
+
+def compile_for_mode(module: torch.nn.Module, kind: str, mode: str):
+    """Graph mode compiles the module (HPU through its own dynamo backend); other modes return it as is."""
+    if mode != "graph":
+        return module
+    if kind == "hpu":
+        habana_module("habana_frameworks.torch.dynamo.compile_backend")
+        return torch.compile(module, backend="hpu_backend")
+    return torch.compile(module)
+
+
+def mark_step(kind: str, mode: str) -> None:
+    """Flush the accumulated lazy graph (HPU lazy mode only; a no-op elsewhere)."""
+    if kind == "hpu" and mode == "lazy":
+        habana_module().mark_step()
+
+
+def autocast(kind: str, precision: str):
+    """bf16 autocast on the given device kind; fp32 runs without a context."""
+    if precision == "bf16":
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISION_CHOICES)}")
+    return contextlib.nullcontext()
+
+
+def habana_optimizer_class(name: str):
+    """A fused optimizer class from hpex (FusedLamb, FusedAdamW), or None without the Habana stack."""
+    module = habana_module("habana_frameworks.torch.hpex.optimizers")
+    return getattr(module, name, None) if module is not None else None
+
+
+def adamw(params, kind: str, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    """AdamW in its fastest form for the device: hpex FusedAdamW, else torch's fused kernel."""
+    if kind == "hpu":
+        fused = habana_optimizer_class("FusedAdamW")
+        if fused is not None:
+            return fused(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    try:
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
+
+
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, kind: str) -> torch.Tensor:
+    """Global gradient-norm clipping (hpex FusedClipNorm on HPU, foreach kernels elsewhere)."""
+    params = [p for p in params if p.grad is not None]
+    if kind == "hpu":
+        module = habana_module("habana_frameworks.torch.hpex.normalization")
+        if module is not None and hasattr(module, "FusedClipNorm"):
+            return module.FusedClipNorm(params, max_norm).clip_norm(params)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
+def dist_backend(kind: str) -> str:
+    return DIST_BACKENDS[kind]
+
+
+def set_habana_env_defaults(environ=os.environ) -> None:
+    """Habana runtime settings the reference scripts set at start-up (only if the user has not)."""
+    for key, value in {"MAX_WAIT_ATTEMPTS": "50", "PT_HPU_PGM_ENABLE_CACHE": "15"}.items():
+        environ.setdefault(key, value)

@@ -1,0 +1,127 @@
+"""Process-group set-up that works under torchrun, OpenMPI, MPICH/PMI, SLURM or plain mpi4py.
+
+Scripts call ``init_distributed(kind)`` once; it reads who this process is from the launcher's
+environment, picks the backend for the device (hccl / nccl / gloo) and returns a ``DistEnv``.
+A single process (world size 1) never creates a process group, so every helper here is safe to
+call unconditionally.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+from central.device import dist_backend, habana_module
+
+DEFAULT_MASTER_ADDR = "localhost"
+DEFAULT_MASTER_PORT = "12345"
+
+# (rank, world size, local rank) variable names of each launcher, in the order they are trusted.
+_LAUNCHER_VARIABLES = (
+    ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+    ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    source: str = "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _mpi4py_env() -> Optional[DistEnv]:
+    """Ask MPI itself (the launcher exported no rank variables we know, e.g. Intel MPI or MVAPICH)."""
+    try:
+        mpi = importlib.import_module("mpi4py.MPI")
+    except ImportError:
+        return None
+    comm = mpi.COMM_WORLD
+    local = comm.Split_type(mpi.COMM_TYPE_SHARED)
+    return DistEnv(comm.Get_rank(), comm.Get_size(), local.Get_rank(), "mpi4py")
+
+
+def _under_mpi(environ: Mapping[str, str]) -> bool:
+    return any(key.startswith(("PMIX_", "PMI_", "HYDRA_", "I_MPI_", "MV2_")) for key in environ)
+
+
+def detect_env(environ: Mapping[str, str] = os.environ) -> DistEnv:
+    """Rank, world size and local rank of this process from whichever launcher started it."""
+    for source, rank_key, size_key, local_key in _LAUNCHER_VARIABLES:
+        if rank_key in environ and size_key in environ:
+            if source == "slurm" and "SLURM_STEP_ID" not in environ:
+                continue  # inside an allocation but not started by srun: a single process
+            rank, size = int(environ[rank_key]), int(environ[size_key])
+            local = int(environ.get(local_key, environ.get("PMI_LOCAL_RANK", rank)))
+            return DistEnv(rank, size, local, source)
+    if _under_mpi(environ):
+        found = _mpi4py_env()
+        if found is not None:
+            return found
+    return DistEnv()
+
+
+def init_distributed(kind: str, timeout_s: float = 1800.0, environ=os.environ) -> DistEnv:
+    """Create the default process group for a multi-process run; return this process's DistEnv."""
+    env = detect_env(environ)
+    if not env.distributed or dist.is_initialized():
+        return env
+    environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
+    environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
+    backend = dist_backend(kind)
+    if backend == "hccl":
+        habana_module("habana_frameworks.torch.distributed.hccl")  # registers the backend
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    return env
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in place (identity for a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,37 @@
+"""Fine-tune and evaluate BERT on a GLUE task (MRPC first; sentence-pair and single-sentence tasks).
+
+    python -m finetuning.run_glue --task_name mrpc --model_name_or_path bert-base-uncased \
+        --data_dir glue_data/MRPC --output_dir out/mrpc --do_train --do_eval
+
+Writes eval_results.json (accuracy, f1, acc_and_f1 for MRPC) and, with --do_predict, the test-set
+predictions in GLUE submission format. This parser is the one source of truth for its flags.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from finetuning.args import add_common_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m finetuning.run_glue",
+                                     description="Fine-tune BERT on a GLUE task and score it.")
+    add_common_args(parser)
+    parser.set_defaults(max_seq_length=128, learning_rate=2e-5, num_train_epochs=3.0)
+    parser.add_argument("--task_name", required=True, type=str.lower, help="GLUE task (mrpc, ...)")
+    parser.add_argument("--do_predict", action="store_true", help="write test-set predictions (GLUE format)")
+    parser.add_argument("--eval_steps", type=int, default=0, help="evaluate on dev every N steps (0: at the end)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from finetuning.glue_task import run  # heavy imports only once the arguments are valid
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
