@@ -300,7 +300,10 @@ def segment_summary(segment: Segment) -> List[str]:
              f"Log: `{segment.source}`", ""]
     if segment.parameters:
         lines += ["| parameter | value |", "|---|---|"]
-        lines += [f"| {k} | {fmt(v).replace('|', '/')} |" for k, v in segment.parameters.items()]
+        for key, value in segment.parameters.items():
+            # A dict (pre-training logs all its arguments as Config) gets one row per entry.
+            items = [(f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(key, value)]
+            lines += [f"| {k} | {fmt(v).replace('|', '/')} |" for k, v in items]
         lines.append("")
     results = []
     steps = [p[0] for points in segment.series.values() for p in points]

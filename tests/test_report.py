@@ -75,7 +75,7 @@ def test_report_writes_plots_and_summary_with_the_runs_numbers(run_dir, capsys):
     assert "| wall time (s) | 12.5 |" in phase1 and "| wall time (s) | 7.25 |" in phase2
     assert "| steps logged | 1 .. 6 |" in phase1 and "| steps logged | 1 .. 3 |" in phase2
     assert "| batch_size_per_pu | 32 |" in phase1 and "| batch_size_per_pu | 8 |" in phase2
-    assert "| SEED | 12439 |" in phase1
+    assert "| SEED | 12439 |" in phase1 and "| Config.num_hidden_layers | 2 |" in phase1
     # Fine-tuning metrics and throughput.
     assert "| metrics.accuracy | 0.8125 |" in mrpc and "| metrics.f1 | 0.84 |" in mrpc
     assert "| metrics.exact_match | 61 |" in squad and "| metrics.f1 | 70.5 |" in squad
