@@ -399,14 +399,25 @@ def format_dry_run(plan: Plan) -> str:
 # ---------------------------------------------------------------------------------------------
 # Runner.
 
-_MPIRUN_FAILED = re.compile(r"Process name:\s*\[[^\]]*,(\d+)\]\s*\n\s*Exit code:\s*(-?\d+)")
-_TORCHRUN_ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+# How mpirun (OpenMPI 4/5) and torchrun name the first process that failed.
+_FAILED_RANK_PATTERNS = (
+    re.compile(r"Process name:\s*\[[^\]]*,(?P<rank>\d+)\]\s*Exit code:\s*(?P<code>-?\d+)"),
+    re.compile(r"process rank (?P<rank>\d+) with PID \d+ on\s+node \S+ exited\s+on\s+signal (?P<signal>\d+)"),
+    re.compile(r"Root Cause.*?rank\s*:\s*(?P<rank>\d+).*?exitcode\s*:\s*(?P<code>-?\d+)", re.S),
+)
 
 
-def failed_rank(output: str) -> Optional[Tuple[int, int]]:
-    """(rank, exit code) of the first failed process as reported by mpirun or torchrun, if any."""
-    found = _MPIRUN_FAILED.search(output) or _TORCHRUN_ROOT_CAUSE.search(output)
-    return (int(found.group(1)), int(found.group(2))) if found else None
+def failed_rank(output: str) -> Optional[Tuple[int, str]]:
+    """(rank, "exit code N" | "signal N") of the first failed process as mpirun or torchrun report it."""
+    for pattern in _FAILED_RANK_PATTERNS:
+        found = pattern.search(output)
+        if found:
+            values = found.groupdict()
+            code = int(values.get("code") or 0)
+            how = f"signal {values['signal']}" if values.get("signal") else (
+                f"signal {-code}" if code < 0 else f"exit code {code}")
+            return int(found.group("rank")), how
+    return None
 
 
 def _pump(source, sinks: List, tail: deque, lock: threading.Lock) -> None:
@@ -493,7 +504,7 @@ def run_plan(plan: Plan, environ: Optional[Mapping[str, str]] = None, stdout=Non
             message = f"{prog}: {command.name} stopped by {signal.Signals(forwarded[0]).name} (exit status {status})"
         rank = failed_rank(tail)
         if rank is not None:
-            message += f"; rank {rank[0]} failed first (exit code {rank[1]})"
+            message += f"; rank {rank[0]} failed first ({rank[1]})"
         skipped = [c.name for c in plan.commands[index + 1:]]
         if skipped:
             message += f"; not run: {', '.join(skipped)}"
