@@ -30,6 +30,7 @@ class TrainingLog:
         self.last_window: List[float] = []
         self.window_start = time.time()
         self.train_start: Optional[float] = None
+        self.train_end: Optional[float] = None
         self.steps_done = 0
 
     def parameters(self, data: dict) -> None:
@@ -40,6 +41,9 @@ class TrainingLog:
 
     def start_training(self) -> None:
         self.train_start = self.window_start = time.time()
+
+    def end_training(self) -> None:
+        self.train_end = time.time()
 
     def step(self, epoch: int, step: int, loss: float, learning_rate: float, skipped_steps: int) -> None:
         """One finished optimizer step (loss: mean over ranks and micro-batches)."""
@@ -66,7 +70,7 @@ class TrainingLog:
     def finish(self, world_size: int, e2e_start: float) -> None:
         self.bar.close()
         now = time.time()
-        raw = now - (self.train_start or now)
+        raw = (self.train_end or now) - (self.train_start or now)
         losses = self.window or self.last_window
         data = {
             "e2e_train_time": now - e2e_start,

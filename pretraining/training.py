@@ -130,6 +130,7 @@ def train_loop(args, plan: RunPlan, s: Session, e2e_start: float) -> int:
                 skip_nonfinite_step(args, plan, s, loss, step)
             if s.phase_step % args.num_steps_per_checkpoint == 0 or stop_requested:
                 save(args, plan, s)
+    s.log.end_training()
     save(args, plan, s)  # the end of the run (a no-op when this step is saved already)
     if stop_requested:
         signum = signals.signum or 15
