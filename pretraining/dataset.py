@@ -210,6 +210,7 @@ class ShardStream:
         self._arrays: Optional[Dict[str, np.ndarray]] = None
         self._batches: Optional[np.ndarray] = None  # [num_batches, batch_size] row indices of this file
         self._loaded_at: Optional[Tuple[int, int]] = None
+        self.current_file: Optional[Path] = None  # the file the last batch came from
         self._empty_slots = 0
 
     # -- file order -----------------------------------------------------------------------------
@@ -238,6 +239,7 @@ class ShardStream:
         arrays = future.result()  # raises the loader's ShardError here, in the training thread
         self._pending.pop(key, None)
         self._arrays, self._loaded_at = arrays, key
+        self.current_file = self._file_at(*key)
         self._batches = self._batch_order(len(arrays["next_sentence_labels"]), *key)
         self._load(*self._next_slot(*key))
 

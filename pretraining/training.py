@@ -222,13 +222,13 @@ def export_phase(plan: RunPlan, s: Session) -> None:
 
 
 def write_param_checksum(s: Session, step: int) -> None:
-    """--log_param_checksum: this rank's SHA-256 over all parameter bytes, one line per step."""
+    """--log_param_checksum: '<step> <SHA-256 of this rank's parameter bytes> <shard of its last batch>'."""
     if s.checksums is None:
         return
     digest = hashlib.sha256()
     for param in s.model.parameters():
         digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    s.checksums.write(f"{step} {digest.hexdigest()}\n")
+    s.checksums.write(f"{step} {digest.hexdigest()} {s.data.current_file.name}\n")
     s.checksums.flush()
 
 
