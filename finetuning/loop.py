@@ -15,8 +15,8 @@ API (what task code calls, top to bottom):
     save_model(model, tokenizer, args.output_dir, runtime)     # HF format, rank 0 only, atomic
     logger.close(); finish(runtime)
 
-Features are dicts whose list-valued entries (``input_ids``, ``attention_mask``, ``token_type_ids``)
-are padded per batch to the batch's longest sequence, rounded up to a multiple of 8 (tensor cores /
+Features are dicts whose sequence entries (lists or numpy arrays: ``input_ids``, ``token_type_ids``,
+optionally ``attention_mask``, made from the lengths when absent) are padded per batch to the batch's longest sequence, rounded up to a multiple of 8 (tensor cores /
 HPU tiles like multiples of 8, and MRPC's short pairs then cost ~50 tokens instead of 128); integer
 entries (``labels``, ``start_positions``, ...) become a 1-D tensor. Every key of a training feature
 is passed to ``model(**batch)``, which must return an output with ``.loss``.
@@ -29,6 +29,7 @@ data_type, dist_timeout, disable_progress_bar, output_dir, and (optional) eval_s
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import random
@@ -45,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from central import device as dev
-from central.distributed import DistEnv, barrier, init_distributed, teardown
+from central.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, teardown
 from central.dllog import DLLogger, console, progress
 
 Feature = Dict[str, object]  # {"input_ids": [int], "attention_mask": [int], ..., "labels": int}
@@ -100,7 +101,9 @@ class PaddingCollator:
     """Features -> dict of tensors; sequences padded to the batch's longest, rounded up to ``multiple_of``.
 
     ``fixed_length`` pads every batch to the same length instead (static shapes for HPU graphs).
-    Sequence keys: list values. Output shapes: [B, L] int64 for sequences, [B] int64 for scalars.
+    Sequence keys: list / tuple / numpy values (padded with ``pad_token_id`` for input_ids, else 0);
+    an ``attention_mask`` is made from the lengths when the features carry none.
+    Output shapes: [B, L] int64 for sequences, [B] int64 for scalars.
     """
 
     def __init__(self, pad_token_id: int = 0, multiple_of: int = 8, fixed_length: Optional[int] = None,
@@ -117,16 +120,21 @@ class PaddingCollator:
 
     def __call__(self, features: List[Feature]) -> Dict[str, torch.Tensor]:
         keys = [k for k in features[0] if k not in self.drop_keys]
-        sequence_keys = [k for k in keys if isinstance(features[0][k], (list, tuple))]
-        length = self.padded_length(max(len(f[sequence_keys[0]]) for f in features)) if sequence_keys else 0
+        sequence_keys = [k for k in keys if isinstance(features[0][k], (list, tuple, np.ndarray))]
+        lengths = [len(f[sequence_keys[0]]) for f in features] if sequence_keys else []
+        length = self.padded_length(max(lengths)) if lengths else 0
         batch = {}
         for key in keys:
             if key in sequence_keys:
-                pad = self.pad_token_id if key == "input_ids" else 0
-                rows = [list(f[key]) + [pad] * (length - len(f[key])) for f in features]
-                batch[key] = torch.tensor(rows, dtype=torch.long)
+                rows = np.full((len(features), length), self.pad_token_id if key == "input_ids" else 0, dtype=np.int64)
+                for row, feature in zip(rows, features):
+                    row[:len(feature[key])] = feature[key]
+                batch[key] = torch.from_numpy(rows)
             else:
                 batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+        if "input_ids" in sequence_keys and "attention_mask" not in batch:
+            # 1 over each feature's real tokens, 0 over the padding: [B, L]
+            batch["attention_mask"] = (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long()
         return batch
 
 
@@ -177,9 +185,12 @@ def _wrap_for_training(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Mod
     """DDP across ranks (buffers are constants in BERT: no per-step broadcast), then compile for graph mode."""
     if runtime.dist.distributed:
         device_ids = [runtime.device.index] if runtime.kind == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True,
-            bucket_cap_mb=230 if runtime.kind == "hpu" else 25)
+        ddp = torch.nn.parallel.DistributedDataParallel
+        no_buffer_sync = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+                          else {"broadcast_buffers": False})  # the newer name, where torch has it
+        model = ddp(model, device_ids=device_ids, gradient_as_bucket_view=True,
+                    bucket_cap_mb=230 if runtime.kind == "hpu" else 25, **no_buffer_sync)
     return dev.compile_for_mode(model, runtime.kind, runtime.mode)
 
 
@@ -296,6 +307,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
 
                 done = step >= total_steps or stop.requested
                 if (logging_steps and step % logging_steps == 0) or done:
+                    all_reduce_mean(window_loss)  # every rank's loss, not rank 0's alone
                     loss_value = window_loss.item() / max(1, window_steps)  # the one host sync per window
                     now = time.perf_counter()
                     rate = window_sequences * world / max(now - window_start, 1e-9)
@@ -351,17 +363,19 @@ def predict(model: torch.nn.Module, features: Sequence[Feature], runtime: Runtim
     """Run the model over ``features`` in order; yield (feature index range, outputs on CPU in float32).
 
     Only the model inputs among a feature's keys should be collated (use ``drop_keys`` on the collator
-    for bookkeeping keys). Runs on the calling rank alone, on the plain (unwrapped) model.
+    for bookkeeping keys). Runs on the calling rank alone, on the plain (unwrapped) model, compiled
+    in graph mode.
     """
     collate = collate or PaddingCollator()
     plain = unwrap(model)
     plain.to(runtime.device)
     plain.eval()
+    forward = dev.compile_for_mode(plain, runtime.kind, runtime.mode)
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size]
         batch = _to_device(collate(list(chunk)), runtime.device)
         with dev.autocast(runtime.kind, runtime.precision):
-            outputs = plain(**batch)
+            outputs = forward(**batch)
         dev.mark_step(runtime.kind, runtime.mode)
         host = {k: v.float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
         yield range(start, start + len(chunk)), host
@@ -379,11 +393,26 @@ def save_model(model: torch.nn.Module, tokenizer, output_dir, runtime: Runtime) 
         output_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir.parent))
         try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the training log
             unwrap(model).save_pretrained(staging, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
+                _write_vocab_txt(tokenizer, staging)
             for item in staging.iterdir():
                 os.replace(item, output_dir / item.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     barrier()
+
+
+def _write_vocab_txt(tokenizer, directory: Path) -> None:
+    """vocab.txt beside tokenizer.json (transformers 5 writes only the latter), so that tools reading a
+    WordPiece vocab (--vocab_file, BERT tokenizers of older transformers) can use the folder too."""
+    target = directory / "vocab.txt"
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if target.exists() or not vocab or sorted(vocab.values()) != list(range(len(vocab))):
+        return
+    by_id = sorted(vocab, key=vocab.get)
+    target.write_text("".join(token + "\n" for token in by_id), encoding="utf-8")
