@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tokens per window (default: 384 for squad, 128 for mrpc, capped by the model)")
     parser.add_argument("--doc_stride", type=int, default=128, help="SQuAD: overlap between context windows")
     parser.add_argument("--max_answer_length", type=int, default=30, help="SQuAD: longest answer in tokens")
-    parser.add_argument("--n_best_size", type=int, default=20, help="SQuAD: candidate starts/ends per window")
+    parser.add_argument("--max_query_length", type=int, default=64, help="SQuAD: question tokens kept")
+    parser.add_argument("--n_best_size", type=int, default=20, help="SQuAD: candidates kept (the score is a softmax over them)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
@@ -91,8 +92,11 @@ def read_jsonl(path: Path, fields) -> List[Dict[str, str]]:
 
 # ---------------------------------------------------------------------------------------------- model
 def load(args):
-    """(model, tokenizer) from a fine-tuned folder, refusing a folder fine-tuned for the other task."""
+    """(model, tokenizer) from a fine-tuned folder, refusing a folder fine-tuned for the other task
+    (loading it would silently put a fresh, untrained head on top)."""
     import transformers
+
+    from finetuning.model_loading import ModelLoadError, load_model
 
     folder = Path(args.model_name_or_path)
     flag = f"--model_name_or_path {folder}"
@@ -104,19 +108,14 @@ def load(args):
         raise PredictInputError(f"{flag}: config.json is not JSON") from None
     wanted = ARCHITECTURES[args.task_name]
     found = config.get("architectures") or []
-    if found and wanted not in found:
-        raise PredictInputError(f"{flag}: holds a {found[0]}, but --task_name {args.task_name} needs a {wanted}")
+    if wanted not in found:
+        what = f"holds a {found[0]}" if found else "names no fine-tuned architecture"
+        raise PredictInputError(f"{flag}: {what}, but --task_name {args.task_name} needs a {wanted}")
     try:
-        model = getattr(transformers, wanted).from_pretrained(str(folder))
-    except Exception as err:  # missing/corrupt weights, shape mismatch
-        raise PredictInputError(f"{flag}: the model cannot be loaded ({str(err).strip().splitlines()[0]})") from None
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-    except Exception as err:
-        raise PredictInputError(f"{flag}: its tokenizer cannot be read ({str(err).strip().splitlines()[0]})") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise PredictInputError(f"{flag}: needs a fast tokenizer (tokenizer.json or vocab.txt)")
-    return model.eval(), tokenizer
+        loaded = load_model(str(folder), getattr(transformers, wanted))
+    except ModelLoadError as err:
+        raise PredictInputError(str(err)) from None
+    return loaded.model.eval(), loaded.tokenizer
 
 
 def sequence_length(args, model) -> int:
@@ -125,66 +124,28 @@ def sequence_length(args, model) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- SQuAD
-def best_span(start_logits, end_logits, context_mask, n_best: int, max_length: int):
-    """Highest start+end logit over valid spans of one window: (start_token, end_token, logit_sum)
-    or None. start_logits / end_logits / context_mask: [seq_len] tensors (mask True on context)."""
-    import torch
+def predict_squad(model, tokenizer, examples, args, runtime) -> List[dict]:
+    """The fine-tuning evaluation path itself: the same windows (squad_features), batched logits
+    (squad_task.predict_logits) and n-best decoding (squad_postprocess); score = the answer's
+    probability among the n best candidates, as in nbest_predictions.json."""
+    from finetuning.squad_data import SquadExample
+    from finetuning.squad_features import SquadFeatureError, build_features
+    from finetuning.squad_postprocess import best_answers
+    from finetuning.squad_task import predict_logits
 
-    masked_start = start_logits.masked_fill(~context_mask, float("-inf"))
-    masked_end = end_logits.masked_fill(~context_mask, float("-inf"))
-    k = min(n_best, int(context_mask.sum()))
-    if k == 0:
-        return None
-    starts = torch.topk(masked_start, k).indices.tolist()
-    ends = torch.topk(masked_end, k).indices.tolist()
-    best = None
-    for s in starts:
-        for e in ends:
-            if e < s or e - s + 1 > max_length:
-                continue
-            score = float(start_logits[s] + end_logits[e])
-            if best is None or score > best[2]:
-                best = (s, e, score)
-    return best
-
-
-def predict_squad(model, tokenizer, examples, args, device) -> List[dict]:
-    import torch
-
+    squad_examples = [SquadExample(qid=e["id"], question=e["question"], context=e["context"]) for e in examples]
     max_len = sequence_length(args, model)
-    stride = min(args.doc_stride, max_len // 2)
-    results = []
-    for example in examples:
-        enc = tokenizer(example["question"], example["context"], truncation="only_second", max_length=max_len,
-                        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                        padding="longest", return_tensors="pt")
-        offsets = enc.pop("offset_mapping")           # [windows, seq_len, 2] character offsets
-        enc.pop("overflow_to_sample_mapping", None)
-        candidates = []                               # (logit_sum, start_char, end_char, window probability)
-        with torch.no_grad():
-            for lo in range(0, enc["input_ids"].shape[0], args.batch_size):
-                batch = {k: v[lo:lo + args.batch_size].to(device) for k, v in enc.items()}
-                out = model(**batch)
-                for w in range(batch["input_ids"].shape[0]):
-                    window = lo + w
-                    context_mask = torch.tensor([sid == 1 for sid in enc.sequence_ids(window)])
-                    start, end = out.start_logits[w].float().cpu(), out.end_logits[w].float().cpu()
-                    span = best_span(start, end, context_mask, args.n_best_size, args.max_answer_length)
-                    if span is None:
-                        continue
-                    s, e, logit_sum = span
-                    # Probability of this span in its window: softmax over context starts x over context ends.
-                    p_start = torch.softmax(start.masked_fill(~context_mask, float("-inf")), 0)[s]
-                    p_end = torch.softmax(end.masked_fill(~context_mask, float("-inf")), 0)[e]
-                    candidates.append((logit_sum, int(offsets[window, s, 0]), int(offsets[window, e, 1]),
-                                       float(p_start * p_end)))
-        if not candidates:
-            results.append({"id": example["id"], "answer": "", "score": 0.0, "start": -1, "end": -1})
-            continue
-        _, start_char, end_char, probability = max(candidates)
-        results.append({"id": example["id"], "answer": example["context"][start_char:end_char],
-                        "score": round(probability, 6), "start": start_char, "end": end_char})
-    return results
+    try:
+        features = build_features(squad_examples, tokenizer, max_len, min(args.doc_stride, max_len // 2),
+                                  args.max_query_length)
+    except SquadFeatureError as err:
+        raise PredictInputError(str(err)) from None
+    args.per_device_eval_batch_size = args.batch_size
+    start_logits, end_logits = predict_logits(model, features, args, runtime, None, tokenizer.pad_token_id)
+    _, nbest = best_answers(squad_examples, features, start_logits, end_logits, args.n_best_size,
+                            args.max_answer_length)
+    return [{"id": e.qid, "answer": nbest[e.qid][0]["text"], "score": round(nbest[e.qid][0]["probability"], 6)}
+            for e in squad_examples]
 
 
 # ---------------------------------------------------------------------------------------------- MRPC
@@ -194,9 +155,10 @@ def label_name(model, task: str, index: int) -> str:
     return MRPC_NAMES[index] if task == "mrpc" and name in generic and index < len(MRPC_NAMES) else name
 
 
-def predict_pairs(model, tokenizer, examples, args, device) -> List[dict]:
+def predict_pairs(model, tokenizer, examples, args, runtime) -> List[dict]:
     import torch
 
+    device = runtime.device
     max_len = sequence_length(args, model)
     results = []
     with torch.no_grad():
@@ -216,23 +178,25 @@ def predict_pairs(model, tokenizer, examples, args, device) -> List[dict]:
 # ---------------------------------------------------------------------------------------------- main
 def show(result: dict, task: str) -> str:
     if task == "squad":
-        return (f"answer: {result['answer']}\nscore: {result['score']:.4f}\n"
-                f"span: characters {result['start']}..{result['end']} of the context")
+        return f"answer: {result['answer']}\nscore: {result['score']:.4f}"
     return f"label: {result['label']} ({result['label_id']})\nprobability: {result['probability']:.4f}"
 
 
 def run(args) -> int:
+    from central.distributed import DistEnv
     from central.device import resolve_device_kind, torch_device
+    from finetuning.loop import Runtime
 
     examples = read_examples(args)
-    for name in ("batch_size", "doc_stride", "max_answer_length", "n_best_size"):
+    for name in ("batch_size", "doc_stride", "max_answer_length", "n_best_size", "max_query_length"):
         if getattr(args, name) < 1:
             raise PredictInputError(f"--{name} {getattr(args, name)}: must be at least 1")
     model, tokenizer = load(args)
-    device = torch_device(resolve_device_kind(args.device), 0)
-    model.to(device)
+    kind = resolve_device_kind(args.device)
+    runtime = Runtime(kind, "eager", "fp32", torch_device(kind, 0), DistEnv())
+    model.to(runtime.device)
     predict = predict_squad if args.task_name == "squad" else predict_pairs
-    results = predict(model, tokenizer, examples, args, device)
+    results = predict(model, tokenizer, examples, args, runtime)
     lines = [json.dumps(r) for r in results]
     if args.output_file:
         from central.checkpoint import atomic_write_text

@@ -88,22 +88,19 @@ def test_squad_prints_the_answer_span_and_its_score(qa_dir, capsys):
     assert predict.main(["--task_name", "squad", "--model_name_or_path", str(qa_dir), "--device", "cpu",
                          "--question", "Where does the road go?", "--context", CONTEXT]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    start = CONTEXT.index("london")
     assert lines[0] == "answer: london"
     score = float(lines[1].split(": ")[1])
-    assert 0.5 < score <= 1.0
-    assert lines[2] == f"span: characters {start}..{start + 6} of the context"
+    assert 0.5 < score <= 1.0 and len(lines) == 2
 
 
 def test_squad_long_context_uses_windows(qa_dir, capsys):
     # 60 filler words before the answer with max_seq_length 32: the answer is only in a later window.
     context = "the hills are green . " * 12 + CONTEXT
     assert predict.main(["--task_name", "squad", "--model_name_or_path", str(qa_dir), "--device", "cpu",
-                         "--max_seq_length", "32", "--doc_stride", "8",
+                         "--max_seq_length", "32", "--doc_stride", "8", "--max_query_length", "8",
                          "--question", "Where?", "--context", context]) == 0
     out = capsys.readouterr().out
     assert out.startswith("answer: london\n")
-    assert f"characters {context.index('london')}.." in out
 
 
 def test_mrpc_prints_label_and_probability(pair_dir, capsys):
@@ -126,7 +123,7 @@ def test_json_lines_input_and_output_file(qa_dir, pair_dir, tmp_path, capsys):
     printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["id"] for r in printed] == ["a", "1"]
     assert [r["answer"] for r in printed] == ["london", "london"]
-    assert printed[1]["start"] == 5 and printed[1]["end"] == 11
+    assert all(0.5 < r["score"] <= 1.0 for r in printed)
     assert [json.loads(line) for line in out_file.read_text().splitlines()] == printed
 
     pairs = tmp_path / "pairs.jsonl"

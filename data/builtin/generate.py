@@ -29,7 +29,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"
 MRPC_TEST_HEADER = "index\t#1 ID\t#2 ID\t#1 String\t#2 String"
 SIZES = {"corpus_people": 150, "corpus_stories": 110, "mrpc_train": 560, "mrpc_dev": 160,
-         "mrpc_test": 160, "squad_train": 90, "squad_dev": 30}
+         "mrpc_test": 160, "squad_train": 200, "squad_dev": 50}
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,16 @@ class Person:
         return "her" if self.she else "his"
 
 
-def make_person(rng: random.Random, used: set) -> Person:
+def make_person(rng: random.Random, used: Optional[set] = None) -> Person:
+    """A random person; with ``used``, one whose full name is not in it yet (and is then added)."""
+    if used is not None and len(used) >= len(lx.FIRST_NAMES) * len(lx.FAMILY_NAMES):
+        raise ValueError("every full name is used: add names to lexicon.py or ask for fewer people")
     while True:
         first, family = rng.choice(lx.FIRST_NAMES), rng.choice(lx.FAMILY_NAMES)
-        if (first, family) not in used:
-            used.add((first, family))
+        if used is None or (first, family) not in used:
             break
+    if used is not None:
+        used.add((first, family))
     friend = rng.choice([n for n in lx.FIRST_NAMES if n != first])
     return Person(first, family, rng.randint(19, 78), rng.choice(lx.TOWNS), rng.choice(lx.JOBS),
                   rng.choice(lx.PETS), rng.choice(lx.HOBBIES), rng.choice(lx.FOODS),
@@ -248,39 +252,39 @@ def build_corpus(rng: random.Random) -> List[List[str]]:
 # MRPC-format sentence pairs: label 1 when both sentences state the same fact about the same person.
 # ---------------------------------------------------------------------------------------------
 def mrpc_pair(rng: random.Random, p: Person) -> Tuple[int, str, str]:
+    """(label, sentence 1, sentence 2): 1 when both say the same fact about the same person in other
+    words. A 0 pair states another fact about that person, the same fact with another value, or the
+    same fact about someone else: the first kind is easy to spot, the others need a word-by-word look."""
     fact = rng.choice(list(FACTS))
     first, second = rng.sample(range(len(FACTS[fact][1])), 2)
-    subject_one = rng.choice([p.name, p.first])
-    sentence_one = fact_sentence(rng, p, fact, subject_one, wording=first)
-    # A composite first sentence now and then, so the pair is not always a one-fact swap.
-    if rng.random() < 0.3:
-        sentence_one = f"{sentence_one[:-1]}, and {p.pron} is a {p.job[0]}." if fact != "job" else \
-            f"{sentence_one[:-1]} in {p.town[0]}."
-    label = 1 if rng.random() < 0.55 else 0
+    sentence_one = fact_sentence(rng, p, fact, rng.choice([p.name, p.first]), wording=first)
     subject_two = rng.choice([p.name, p.first])
+    label = 1 if rng.random() < 0.55 else 0
+    kind = rng.random()
     if label == 1:
         sentence_two = fact_sentence(rng, p, fact, subject_two, wording=second)
-    elif rng.random() < 0.8:  # same person, another value
+    elif kind < 0.45:  # another fact about the same person
+        sentence_two = fact_sentence(rng, p, rng.choice([f for f in FACTS if f != fact]), subject_two)
+    elif kind < 0.85:  # the same fact with another value
         sentence_two = fact_sentence(rng, p, fact, subject_two, value=ALTERNATIVES[fact](rng, p), wording=second)
-    else:  # same wording family, another person
+    else:  # the same fact about another person
         other = rng.choice([n for n in lx.FIRST_NAMES if n != p.first])
         sentence_two = fact_sentence(rng, p, fact, other, wording=second)
     return label, sentence_one, sentence_two
 
 
-def mrpc_rows(rng: random.Random, count: int, used: set, id_base: int) -> List[Tuple[int, int, int, str, str]]:
+def mrpc_rows(rng: random.Random, count: int, id_base: int) -> List[Tuple[int, int, int, str, str]]:
     rows = []
     for i in range(count):
-        label, one, two = mrpc_pair(rng, make_person(rng, used))
+        label, one, two = mrpc_pair(rng, make_person(rng))  # names may repeat across pairs
         rows.append((label, id_base + 2 * i, id_base + 2 * i + 1, one, two))
     return rows
 
 
 def write_mrpc(out_dir: Path, rng: random.Random) -> None:
-    used: set = set()
-    splits = {"train": mrpc_rows(rng, SIZES["mrpc_train"], used, 100000),
-              "dev": mrpc_rows(rng, SIZES["mrpc_dev"], used, 300000),
-              "test": mrpc_rows(rng, SIZES["mrpc_test"], used, 500000)}
+    splits = {"train": mrpc_rows(rng, SIZES["mrpc_train"], 100000),
+              "dev": mrpc_rows(rng, SIZES["mrpc_dev"], 300000),
+              "test": mrpc_rows(rng, SIZES["mrpc_test"], 500000)}
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         if split == "test":
@@ -293,10 +297,11 @@ def write_mrpc(out_dir: Path, rng: random.Random) -> None:
 # ---------------------------------------------------------------------------------------------
 # SQuAD-format QA: a paragraph about two people; questions whose answers are spans of it.
 # ---------------------------------------------------------------------------------------------
-def squad_paragraph(rng: random.Random, people: Sequence[Person], pid: str) -> dict:
+def squad_paragraph(rng: random.Random, people: Sequence[Person], pid: str, facts_per_person: int,
+                    questions: int) -> dict:
     context, spans = "", []  # spans: (fact, answer_start, answer_text, person)
     for p in people:
-        facts = rng.sample(list(FACTS), 4)
+        facts = rng.sample(list(FACTS), facts_per_person)
         for k, fact in enumerate(facts):
             subject = p.name if k == 0 else rng.choice([p.first, p.pron])
             sentence = fact_sentence(rng, p, fact, subject)
@@ -311,7 +316,7 @@ def squad_paragraph(rng: random.Random, people: Sequence[Person], pid: str) -> d
             context = f"{context} {sentence}" if context else sentence
             spans.append((fact, start, sentence[local:local + len(value)], p))
     qas = []
-    for k, (fact, start, answer, p) in enumerate(rng.sample(spans, 4)):
+    for k, (fact, start, answer, p) in enumerate(rng.sample(spans, questions)):
         assert context[start:start + len(answer)] == answer and answer
         question = rng.choice(QUESTIONS[fact]).format(n=rng.choice([p.name, p.first]))
         qas.append({"answers": [{"answer_start": start, "text": answer}], "question": question,
@@ -320,14 +325,19 @@ def squad_paragraph(rng: random.Random, people: Sequence[Person], pid: str) -> d
 
 
 def squad_split(rng: random.Random, count: int, used: set, prefix: str) -> dict:
+    """``count`` paragraphs: most about one person (5 facts), every fourth about two (3 facts each),
+    so that some questions need the right person, not only the right kind of answer."""
     articles = []
     for a in range(count):
-        one = make_person(rng, used)
-        two = make_person(rng, used)
-        while two.first == one.first:
-            two = make_person(rng, used)
-        paragraph = squad_paragraph(rng, [one, two], f"{prefix}{a:04d}")
-        articles.append({"title": f"{one.family}_and_{two.family}", "paragraphs": [paragraph]})
+        people = [make_person(rng, used)]
+        if a % 4 == 3:
+            other = make_person(rng, used)
+            while other.first == people[0].first:
+                other = make_person(rng, used)
+            people.append(other)
+        facts = 5 if len(people) == 1 else 3
+        paragraph = squad_paragraph(rng, people, f"{prefix}{a:04d}", facts, questions=3)
+        articles.append({"title": "_and_".join(p.family for p in people), "paragraphs": [paragraph]})
     return {"data": articles, "version": "1.1"}
 
 
