@@ -4,13 +4,14 @@
 
 Each step runs the real command as a child process, exactly as a user would type it:
 
-  1. vocab        python -m data.vocab                      WordPiece vocab from the built-in corpus
-  2. phase 1 data python -m data.create_pretraining_data    HDF5 shards, sequence length 128
-  3. phase 2 data python -m data.create_pretraining_data    HDF5 shards, sequence length 512
-  4. pre-train    python demo_bert.py pretraining           tiny BERT, both phases, HF export after each
-  5. MRPC         python demo_bert.py finetuning            built-in sentence pairs (MRPC format)
-  6. SQuAD        python demo_bert.py finetuning            built-in questions (SQuAD v1.1 format)
-  7. report       python demo_bert.py report                plots and summary.md
+  1. data         python -m data.builtin.generate           built-in corpus, MRPC- and SQuAD-format sets
+  2. vocab        python -m data.vocab                      WordPiece vocab from the built-in corpus
+  3. phase 1 data python -m data.create_pretraining_data    HDF5 shards, sequence length 128
+  4. phase 2 data python -m data.create_pretraining_data    HDF5 shards, sequence length 512
+  5. pre-train    python demo_bert.py pretraining           tiny BERT, both phases, HF export after each
+  6. MRPC         python demo_bert.py finetuning            built-in sentence pairs (MRPC format)
+  7. SQuAD        python demo_bert.py finetuning            built-in questions (SQuAD v1.1 format)
+  8. report       python demo_bert.py report                plots and summary.md
 
 Everything goes under --output_dir (see the README, "Quick start", for the layout). Running it again
 on a quick-start folder starts over; any other non-empty folder is refused.
@@ -33,7 +34,6 @@ from central.checkpoint import atomic_write_text
 from central.dllog import read_dllogger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILTIN = Path(__file__).resolve().parent / "builtin"
 MARKER = "quickstart.json"        # marks a folder this command made (and may therefore clear)
 OWN_PARTS = ("data", "pretraining", "finetuning", "report", MARKER)
 
@@ -50,10 +50,14 @@ class Budget:
     finetune_max_steps: Optional[int]
 
 
+# Learning rates are far above BERT-Base's: a 2-layer, 64-wide model on a 120 KB corpus learns fastest
+# there (LAMB 2e-2 reaches an MLM+NSP loss of ~3 in 800 steps; 5e-3 is still at ~5.5 after 300).
+PRETRAIN_LR = ("2e-2", "1e-2")
+MRPC_LR, SQUAD_LR = "5e-4", "1e-3"
 BUDGETS = {
-    "full": Budget(vocab_size=2000, dupe_factor=4, pretrain_steps=(300, 40), pretrain_batch=(32, 8),
-                   mrpc_epochs=6, squad_epochs=6, finetune_max_steps=None),
-    "small": Budget(vocab_size=1200, dupe_factor=1, pretrain_steps=(12, 3), pretrain_batch=(16, 4),
+    "full": Budget(vocab_size=2000, dupe_factor=4, pretrain_steps=(800, 40), pretrain_batch=(32, 8),
+                   mrpc_epochs=8, squad_epochs=10, finetune_max_steps=None),
+    "small": Budget(vocab_size=2000, dupe_factor=1, pretrain_steps=(12, 3), pretrain_batch=(16, 4),
                     mrpc_epochs=1, squad_epochs=1, finetune_max_steps=12),
 }
 
@@ -90,10 +94,13 @@ def demo_bert(*args: str) -> List[str]:
 
 def plan_steps(run: Path, budget: Budget, device: str, seed: int) -> List[tuple]:
     """(title, argv) of every step, in order; paths are absolute so the children's cwd does not matter."""
-    data, corpus = run / "data", BUILTIN / "corpus"
-    vocab = data / "vocab.txt"
+    data = run / "data"
+    builtin, vocab = data / "builtin", data / "vocab.txt"
+    corpus = builtin / "corpus"
     shards = {1: data / "phase1", 2: data / "phase2"}
-    steps = [("vocab", python_m("data.vocab", "--input", str(corpus), "--output", str(vocab),
+    steps = [("built-in data (corpus, sentence pairs, questions)",
+              python_m("data.builtin.generate", "--output_dir", str(builtin))),
+             ("vocab", python_m("data.vocab", "--input", str(corpus), "--output", str(vocab),
                                 "--vocab_size", str(budget.vocab_size)))]
     for phase, (seq, predictions) in ((1, (128, 20)), (2, (512, 80))):
         steps.append((f"phase-{phase} shards (sequence length {seq})", python_m(
@@ -106,19 +113,19 @@ def plan_steps(run: Path, budget: Budget, device: str, seed: int) -> List[tuple]
         "--data_dir", str(shards[1]), str(shards[2]), "--vocab_file", str(vocab),
         "--output_dir", str(run / "pretraining"),
         "--batch_size", *map(str, budget.pretrain_batch), "--max_steps", *map(str, budget.pretrain_steps),
-        "--learning_rate", "5e-3", "3e-3", "--warmup", "0.1", "0.1",
+        "--learning_rate", *PRETRAIN_LR, "--warmup", "0.1", "0.1",
         "--save_steps", *map(str, budget.pretrain_steps), "--seed", str(seed))))
     export = export_dir(run, 2)
     common = ["--model_name_or_path", str(export), "--data_type", "fp32", "--device", device,
               "--output_dir", str(run / "finetuning"), "--do_eval", "--seed", str(seed), "--logging_steps", "5"]
     limit = ["--max_steps", str(budget.finetune_max_steps)] if budget.finetune_max_steps else []
     steps.append(("fine-tuning on the built-in sentence pairs (MRPC format)", demo_bert(
-        "finetuning", "--task_name", "mrpc", "--data_dir", str(BUILTIN / "MRPC"), *common,
-        "--max_seq_length", "64", "--batch_size", "32", "--learning_rate", "2e-4",
+        "finetuning", "--task_name", "mrpc", "--data_dir", str(builtin / "MRPC"), *common,
+        "--max_seq_length", "64", "--batch_size", "32", "--learning_rate", MRPC_LR,
         "--num_train_epochs", str(budget.mrpc_epochs), *limit)))
     steps.append(("fine-tuning on the built-in questions (SQuAD format)", demo_bert(
-        "finetuning", "--task_name", "squad", "--data_dir", str(BUILTIN / "SQuAD"), *common,
-        "--max_seq_length", "160", "--doc_stride", "64", "--batch_size", "16", "--learning_rate", "3e-4",
+        "finetuning", "--task_name", "squad", "--data_dir", str(builtin / "SQuAD"), *common,
+        "--max_seq_length", "160", "--doc_stride", "64", "--batch_size", "16", "--learning_rate", SQUAD_LR,
         "--num_train_epochs", str(budget.squad_epochs), *limit)))
     steps.append(("report", demo_bert("report", str(run))))
     return steps

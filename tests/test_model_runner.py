@@ -213,3 +213,26 @@ def test_overrides_and_comma_values():
                              overrides=runner.parse_overrides(["max_steps=5", "do_eval=true", "cache_dir=null"]))
     assert argv[2:] == ["finetuning", "--task_name", "squad", "--data_type", "bf16", "--model_name_or_path", "base",
                         "--data_dir", "/a", "/b", "--batch_size", "24", "--max_steps", "5", "--do_eval"]
+
+
+@pytest.mark.parametrize("recipe_name, step", [("cpu_tiny_pretrain_fp32.yaml", "pretraining"),
+                                               ("cpu_tiny_finetune_fp32_mrpc_builtin.yaml", "mrpc"),
+                                               ("cpu_tiny_finetune_fp32_squad_builtin.yaml", "squad")])
+def test_cpu_recipes_match_the_quickstart(recipe_name, step, monkeypatch):
+    """The CPU recipes redo a quick-start step: same options as data/quickstart.py plans (run from the repo root)."""
+    monkeypatch.chdir(REPO)
+    recipe_args = parse(runner.build_argv(load(REPO / "central/hb_configs" / recipe_name), "bert", python="PY")[2:])
+    steps = quickstart.plan_steps(REPO / "quickstart_run", quickstart.BUDGETS["full"], "cpu", 12439)
+    planned = next(argv[2:] for _, argv in steps
+                   if argv[2:3] == [step] or ("--task_name" in argv and argv[argv.index("--task_name") + 1] == step))
+    planned_args = parse(planned)
+
+    def norm(value):
+        if isinstance(value, list):
+            return [norm(v) for v in value]
+        return str((REPO / value).resolve()) if isinstance(value, str) and "quickstart_run" in value else value
+
+    for key in set(recipe_args) | set(planned_args):
+        if key in ("seed", "logging_steps"):
+            continue  # the quick start pins these for a reproducible demo
+        assert norm(recipe_args.get(key)) == norm(planned_args.get(key)), key
