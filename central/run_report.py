@@ -27,7 +27,8 @@ from central.dllog import PREFIX, read_dllogger
 LR_NAMES = ("learning_rate", "lr")
 THROUGHPUT_HINTS = ("per_second", "perf_per_step", "throughput")
 NOT_METRICS = ("epoch", "step", "global_step", "total_flos") + LR_NAMES
-PRETRAINING_MARKERS = ("average_loss", "step_loss", "average_perf_per_step", "final_loss", "batch_size_per_pu")
+# Keys only pre-training logs carry (fine-tuning logs also have average_loss / final_loss).
+PRETRAINING_MARKERS = ("step_loss", "average_perf_per_step", "batch_size_per_pu", "average_training_time_step")
 
 
 class ReportInputError(ValueError):
@@ -302,7 +303,9 @@ def segment_summary(segment: Segment) -> List[str]:
         lines += ["| parameter | value |", "|---|---|"]
         for key, value in segment.parameters.items():
             # A dict (pre-training logs all its arguments as Config) gets one row per entry.
-            items = [(f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(key, value)]
+            # Entries that are None or False (options left unset) are left out to keep the table short.
+            items = ([(f"{key}.{k}", v) for k, v in value.items() if v is not None and v is not False]
+                     if isinstance(value, dict) else [(key, value)])
             lines += [f"| {k} | {fmt(v).replace('|', '/')} |" for k, v in items]
         lines.append("")
     results = []
