@@ -1,8 +1,8 @@
 """The named alternative for benchmarks/data_prep.py: the reference's way of building instances.
 
 A straightforward implementation of the same Google/NVIDIA algorithm, structured like the reference
-create_pretraining_data.py: pure-Python WordPiece (``transformers.BertTokenizer``, the slow tokenizer),
-documents as Python lists of token lists, one instance at a time with ``random.Random``, features
+create_pretraining_data.py: pure-Python WordPiece (``transformers``' BertTokenizerLegacy, the port of
+BERT's original tokenization.py), documents as Python lists of token lists, one instance at a time with ``random.Random``, features
 collected in Python lists and written with h5py's default gzip level. It is also the yardstick the
 tests use to check that the fast implementation (data.instances) has the same statistics.
 """
