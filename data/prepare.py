@@ -201,17 +201,25 @@ def action_create_hdf5_files(args, layout: Layout) -> None:
     bar = progress(total=len(jobs), desc="hdf5 shards", unit="shard",
                    enabled=os.environ.get("BERT_DISABLE_PROGRESS") != "1")
     results: List[ShardStats] = []
-    if args.n_processes == 1 or len(jobs) == 1:
-        for job in jobs:
-            results.append(_shard_job(job))
-            bar.update()
-    else:
-        context = multiprocessing.get_context("fork")
-        with context.Pool(min(args.n_processes, len(jobs)), initializer=_worker_init) as pool:
-            for stats in pool.imap_unordered(_shard_job, jobs):
-                results.append(stats)
+    try:
+        if args.n_processes == 1 or len(jobs) == 1:
+            for job in jobs:
+                results.append(_shard_job(job))
                 bar.update()
-    bar.close()
+        else:
+            context = multiprocessing.get_context("fork")
+            with context.Pool(min(args.n_processes, len(jobs)), initializer=_worker_init) as pool:
+                for stats in pool.imap_unordered(_shard_job, jobs):
+                    results.append(stats)
+                    bar.update()
+    except BaseException:
+        # workers stopped mid-shard leave temporaries (never complete-looking names): clear them
+        for job in jobs:
+            for stale in job[1].parent.glob(f".{job[1].name}.tmp*"):
+                stale.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
     _copy_atomic(vocab.path, output_dir / "vocab.txt")
     instances = sum(r.instances for r in results)
     print(f"wrote {len(results)} HDF5 shards ({instances} instances, tokenizer {results[0].tokenizer}) and vocab.txt "
