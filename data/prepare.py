@@ -15,6 +15,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -27,7 +28,7 @@ from data.formatting import corpus_files, format_books, format_custom, format_wi
 from data.glue_mrpc import build_mrpc, matches_glue
 from data.layout import CORPUS_PARTS, DATASETS, FINETUNING_DATASETS, WEIGHTS_DATASET, Layout, working_dir
 from data.sharding import shard_documents
-from data.vocab import load_vocab, train_vocab
+from data.vocab import casing_warning, load_vocab, train_vocab
 
 ACTIONS = ("download", "text_formatting", "sharding", "create_hdf5_files")
 
@@ -192,6 +193,9 @@ def action_create_hdf5_files(args, layout: Layout) -> None:
             training = [p for p in shards if "_training_" in p.name]
             vocab = train_vocab(training, vocab_path, vocab_size=args.vocab_size, lowercase=bool(lower))
             print(f"trained a {'lower-cased' if lower else 'cased'} WordPiece vocab of {vocab.size} tokens: {vocab_path}")
+    warning = casing_warning(vocab, bool(lower))
+    if warning:
+        print(warning, file=sys.stderr)
     output_dir = layout.hdf5(args.dataset, lower, args.max_seq_length, args.max_predictions_per_seq,
                              args.masked_lm_prob, args.random_seed, args.dupe_factor, args.whole_word_masking)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,17 @@ class Vocab:
         return np.array([tok.startswith(CONTINUATION_PREFIX) for tok in self.tokens], dtype=bool)
 
 
+def casing_warning(vocab: Vocab, do_lower_case: bool):
+    """A warning line when the text keeps its case but the vocab has no upper-case tokens (or None)."""
+    if do_lower_case:
+        return None
+    upper = sum(tok[:1].isupper() for tok in vocab.tokens if not tok.startswith("["))
+    if upper > 0.01 * vocab.size:  # cased vocabs have thousands ("The", "New"); uncased ones a stray symbol
+        return None
+    return (f"warning: {vocab.path} has no upper-case tokens but --do_lower_case is 0: capitalised words will "
+            "mostly become [UNK] (give --do_lower_case 1 for an uncased vocab)")
+
+
 def load_vocab(path) -> Vocab:
     """Read and check a vocab file; anything that is not a WordPiece vocab raises DataPrepError."""
     path = Path(path)

@@ -8,7 +8,7 @@ import pytest
 from data.errors import DataPrepError
 from data.sharding import split_sentences
 from data.tokenization import BlingfireTokenizer, WordPieceTokenizer, make_tokenizer, tokenize_files
-from data.vocab import SPECIAL_TOKENS, load_vocab, train_vocab
+from data.vocab import SPECIAL_TOKENS, casing_warning, load_vocab, train_vocab
 from data.wiki_extract import iter_wikiextractor_docs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,3 +135,10 @@ def test_trained_vocab_is_a_usable_bert_vocab(shared_data, tmp_path, lower):
     corpus = tokenize_files([text], make_tokenizer(vocab, lower))
     assert corpus.tokens.max() < vocab.size
     assert (corpus.tokens == vocab.unk_id).mean() < 0.01
+
+
+def test_casing_warning_for_an_uncased_vocab_with_case_kept(shared_data):
+    uncased = load_vocab(shared_data / "vocab" / "bert-base-uncased-vocab.txt")
+    cased = load_vocab(shared_data / "vocab" / "bert-base-cased-vocab.txt")
+    assert "no upper-case tokens" in casing_warning(uncased, False)
+    assert casing_warning(uncased, True) is None and casing_warning(cased, False) is None
