@@ -162,7 +162,7 @@ def _add_finetuning(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--batch_size", type=positive_int, default=8, help="per-device training batch")
     parser.add_argument("-v", "--per_device_eval_batch_size", type=positive_int, default=8,
                         help="per-device evaluation batch")
-    parser.add_argument("-e", "--num_train_epochs", type=float, default=1, help="passes over the training set")
+    parser.add_argument("-e", "--num_train_epochs", type=float, default=1.0, help="passes over the training set")
     parser.add_argument("-l", "--logging_steps", type=positive_int, default=1, help="log the loss every N steps")
     parser.add_argument("--max_steps", type=positive_int, default=None, help="stop after N steps (overrides epochs)")
     parser.add_argument("--do_eval", action="store_true", help="score on the dev set after training")

@@ -134,3 +134,9 @@ def test_a_seed_command_through_the_real_entry_point(seed_lines, datasets, tmp_p
     _, commands = parse_dry_run(result.stdout)
     assert len(commands) == 2 and all(c[:3] == ["mpirun", "-n", "8"] for c in commands)
     assert re.search(r"--train_batch_size=8192 --gradient_accumulation_steps=128", result.stdout)
+
+
+def test_readme_lists_every_seed_command(seed_lines):
+    readme = (demo_bert.REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [line for line in seed_lines if line not in readme]
+    assert not missing
