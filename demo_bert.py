@@ -227,31 +227,33 @@ def _pretraining_shards(option: str, path: Optional[str], phase: int) -> str:
     return folder
 
 
+def _model_config(option: str, value: str) -> str:
+    """A preset name, or the JSON model config that a file/folder argument points at."""
+    if value in PRESETS:
+        return value
+    path = Path(value)
+    if path.is_dir():
+        for name in ("bert_config.json", "config.json"):
+            if (path / name).is_file():
+                return str((path / name).resolve())
+        raise LaunchError(f"{option} {value}: folder has no bert_config.json or config.json")
+    if path.is_file() and path.suffix == ".json":
+        return str(path.resolve())
+    raise LaunchError(f"{option} {value}: neither a preset ({', '.join(PRESETS)}) nor an existing "
+                      "bert_config.json, model folder or ckpt_N.pt")
+
+
 def pretraining_config(model: str, config_file: Optional[str]) -> str:
-    """--config_file value for run_pretraining: a preset name or a path to a JSON model config."""
-    for option, value in (("--config_file", config_file), ("--model_name_or_path", model)):
-        if value is None:
-            continue
-        if value in PRESETS:
-            return value
-        path = Path(value)
-        if path.is_dir():
-            for name in ("bert_config.json", "config.json"):
-                if (path / name).is_file():
-                    return str((path / name).resolve())
-            raise LaunchError(f"{option} {value}: folder has no bert_config.json or config.json")
-        if path.is_file() and path.suffix == ".json":
-            return str(path.resolve())
-        if path.is_file() and path.suffix == ".pt":
-            beside = [path.parent / n for n in ("bert_config.json", "config.json") if (path.parent / n).is_file()]
-            if config_file is None and beside:
-                return str(beside[0].resolve())
-            if config_file is None:
-                raise LaunchError(f"--model_name_or_path {value}: a checkpoint has no shape; give --config_file")
-            continue
-        raise LaunchError(f"{option} {value}: neither a preset ({', '.join(PRESETS)}) nor an existing "
-                          "bert_config.json, model folder or ckpt_N.pt")
-    raise LaunchError("--config_file: missing")  # unreachable: model is required
+    """--config_file value for run_pretraining: --config_file if given, else the model's shape."""
+    if config_file is not None:
+        return _model_config("--config_file", config_file)
+    path = Path(model)
+    if path.is_file() and path.suffix == ".pt":  # a checkpoint carries weights, not its shape
+        for name in ("bert_config.json", "config.json"):
+            if (path.parent / name).is_file():
+                return str((path.parent / name).resolve())
+        raise LaunchError(f"--model_name_or_path {model}: a checkpoint has no shape; give --config_file")
+    return _model_config("--model_name_or_path", model)
 
 
 def _hub_offline() -> bool:
@@ -279,7 +281,7 @@ def check_hub_model(name: str, cache_dir: Optional[str]) -> None:
     if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json", cache_dir=cache_dir), str):
         return
     raise LaunchError(f"--model_name_or_path {name}: not a preset ({', '.join(PRESETS)}), not an existing path, "
-                      "and not in the local Hugging Face cache (offline)")
+                      "and not in the local Hugging Face cache (hub offline or unreachable)")
 
 
 def finetuning_model(model: str, cache_dir: Optional[str]) -> str:
