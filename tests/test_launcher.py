@@ -430,3 +430,22 @@ def test_a_checkpoint_as_pretraining_model_starts_phase_one(shards, tmp_path):
     (tmp_path / "bert_config.json").write_text("{}")
     one = flags_of(pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt)).commands[0])
     assert one.config_file == str(tmp_path / "bert_config.json")
+
+
+def test_runner_does_not_wait_forever_for_orphans_holding_the_output(tmp_path):
+    import io
+    import time
+
+    # The command exits at once but leaves a background process that keeps its stdout open.
+    code = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])"
+    plan = launch.Plan((launch.Command("leaves-orphan", _python(code)),))
+    started = time.monotonic()
+    assert launch.run_plan(plan, stdout=io.BytesIO(), stderr=io.BytesIO()) == 0
+    assert time.monotonic() - started < 60
+
+
+def test_tail_keeps_the_last_bytes():
+    tail = launch._Tail(limit=10)
+    for chunk in (b"aaaa", b"bbbb", b"cccc", b"dd"):
+        tail.add(chunk)
+    assert tail.text().endswith("bbbbccccdd") and len(tail.text()) <= 14
