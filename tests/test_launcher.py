@@ -449,3 +449,24 @@ def test_tail_keeps_the_last_bytes():
     for chunk in (b"aaaa", b"bbbb", b"cccc", b"dd"):
         tail.add(chunk)
     assert tail.text().endswith("bbbbccccdd") and len(tail.text()) <= 14
+
+
+@pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
+def test_multi_node_plan_from_a_hostfile(shards, tmp_path, monkeypatch, launcher):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
+    plan = pretraining_plan(shards, tmp_path, "--hostfile", str(hostfile), "--process_per_node", "4",
+                            "--launcher", launcher, "--batch_size", "64", "8", "--accumulate_gradients")
+    assert plan.env["MASTER_ADDR"] == "node-a"
+    launcher_argv, _, flags = split_script(list(plan.commands[0].argv))
+    if launcher == "mpirun":
+        assert launcher_argv[:3] == ["mpirun", "-n", "8"]
+        assert launcher_argv[launcher_argv.index("--hostfile") + 1] == str(hostfile)
+        assert launcher_argv[launcher_argv.index("--map-by") + 1].startswith("ppr:4:node:PE=")
+    else:
+        assert "--nnodes=2" in launcher_argv and "--nproc_per_node=4" in launcher_argv
+        assert "--rdzv_endpoint=node-a:12345" in launcher_argv
+    # 8 ranks x 64 per device: 65536 / 512 = 128 accumulation steps, 8192 sequences per rank and step.
+    assert "--train_batch_size=8192" in flags and "--gradient_accumulation_steps=128" in flags
