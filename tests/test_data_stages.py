@@ -189,3 +189,16 @@ def test_script_entry_point_exit_status(shared_data, tmp_path, child_env):
     assert ok.returncode == 0, ok.stderr
     shard = read_shard(tmp_path / "x.hdf5")
     assert len(shard["next_sentence_labels"]) > 10 and np.isin(shard["next_sentence_labels"], [0, 1]).all()
+
+
+def test_books_and_wikipedia_are_sharded_together(custom_corpus, shared_data, tmp_path):
+    folder, _ = custom_corpus
+    assert prepare("--action", "text_formatting", "--dataset", "bookscorpus", "--working_dir", tmp_path,
+                   "--input_path", folder) == 0
+    assert prepare("--action", "text_formatting", "--dataset", "wikicorpus_en", "--working_dir", tmp_path,
+                   "--input_path", shared_data / "wikipedia_sample" / "wiki_03") == 0
+    assert prepare("--action", "sharding", "--dataset", "books_wiki_en_corpus", "--working_dir", tmp_path,
+                   "--n_training_shards", 2, "--n_test_shards", 1) == 0
+    shards = tmp_path / "sharded_training_shards_2_test_shards_1_fraction_0.1" / "books_wiki_en_corpus"
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(shards.glob("books_wiki_en_corpus_*.txt")))
+    assert text.count("\n\n") == 2 + 32  # two books and the 32 articles of wiki_03, each one document
