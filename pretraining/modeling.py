@@ -87,16 +87,24 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        # x: [B, L, H]; key_mask: [B, 1, 1, L] bool (True = attend) or None -> context [B, L, H]
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
+                queries: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # x: [B, L, H]; key_mask: [B, 1, 1, L] bool (True = attend) or None;
+        # queries: [B, Q, H] rows of x whose output is wanted (None: all L) -> context [B, Q or L, H]
         batch, seq_len, hidden = x.shape
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3H, H]
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3H]
-        qkv = F.linear(x, weight, bias).view(batch, seq_len, 3, self.num_heads, hidden // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
+        head_dim = hidden // self.num_heads
+        if queries is None:  # one [3H, H] matmul for q, k and v
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            qkv = F.linear(x, weight, bias).view(batch, seq_len, 3, self.num_heads, head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
+        else:  # keys and values for every position, queries only where asked
+            kv = F.linear(x, torch.cat([self.key.weight, self.value.weight]), torch.cat([self.key.bias, self.value.bias]))
+            k, v = kv.view(batch, seq_len, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q = self.query(queries).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # [B, heads, Q, hd]
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=self.dropout_prob if self.training else 0.0)
-        return context.transpose(1, 2).reshape(batch, seq_len, hidden)
+        return context.transpose(1, 2).reshape(batch, -1, hidden)
 
 
 class BertSelfOutput(nn.Module):
@@ -118,8 +126,13 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config.hidden_size, config)
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.output(self.self(x, key_mask), x)
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
+                query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # query_index: [B, Q] positions whose output is wanted (None: all) -> [B, Q or L, H]
+        if query_index is None:
+            return self.output(self.self(x, key_mask), x)
+        queries = torch.gather(x, 1, query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # [B, Q, H]
+        return self.output(self.self(x, key_mask, queries), queries)
 
 
 class BertIntermediate(nn.Module):
@@ -139,8 +152,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertSelfOutput(config.intermediate_size, config)
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.attention(x, key_mask)
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
+                query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.attention(x, key_mask, query_index)  # [B, Q or L, H]
         return self.output(self.intermediate(x), x)
 
 
@@ -149,9 +163,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        for layer in self.layer:
-            x = layer(x, key_mask)
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
+                query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # Every layer but the last needs all L positions (they are the next layer's keys and values);
+        # the last one only computes the rows in query_index. -> [B, Q or L, H]
+        for number, layer in enumerate(self.layer):
+            x = layer(x, key_mask, query_index if number == len(self.layer) - 1 else None)
         return x
 
 
@@ -171,11 +188,22 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        # -> sequence output [B, L, H], pooled [CLS] output [B, H]
-        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), key_mask_for_sdpa(attention_mask))
-        return hidden, self.pooler(hidden)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+                output_positions: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """-> (sequence output [B, L, H], or [B, Q, H] at output_positions [B, Q]; pooled [CLS] [B, H]).
+
+        With output_positions the last layer runs only for those rows and [CLS] (exact, and for
+        pre-training 21 of 128 rows: the last layer's queries, attention output and FFN shrink ~6x).
+        """
+        hidden = self.embeddings(input_ids, token_type_ids)
+        key_mask = key_mask_for_sdpa(attention_mask)
+        if output_positions is None:
+            hidden = self.encoder(hidden, key_mask)
+            return hidden, self.pooler(hidden)
+        cls_position = output_positions.new_zeros(output_positions.shape[0], 1)
+        query_index = torch.cat([cls_position, output_positions.long()], dim=1)  # [B, 1 + Q]
+        hidden = self.encoder(hidden, key_mask, query_index)  # [B, 1 + Q, H]
+        return hidden[:, 1:], self.pooler(hidden)
 
 
 def key_mask_for_sdpa(attention_mask: torch.Tensor) -> Optional[torch.Tensor]:
@@ -248,10 +276,8 @@ class BertForPreTraining(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
                 masked_lm_positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)  # [B, L, H], [B, H]
-        # Gather the masked positions first: the head then works on [B, P, H], not [B, L, H].
-        index = masked_lm_positions.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        masked_hidden = torch.gather(hidden, 1, index)  # [B, P, H]
+        # Only the masked positions go through the last layer and the head: [B, P, H], not [B, L, H].
+        masked_hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, masked_lm_positions)
         logits = self.cls.predictions(masked_hidden, self.bert.embeddings.word_embeddings.weight)
         mlm_logits = logits[..., : self.config.vocab_size]  # [B, P, V]: drop the padding columns
         nsp_logits = self.cls.seq_relationship(pooled)  # [B, 2]
