@@ -35,7 +35,7 @@ from central.device import autocast
 from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
 from pretraining.lamb import Lamb, lamb_param_groups
-from pretraining.modeling import BertForPreTraining, pretraining_loss
+from pretraining.modeling import BertForPreTraining, padded_vocab_size, pretraining_loss
 
 
 @dataclass(frozen=True)
@@ -186,11 +186,11 @@ def matmul_flops_per_sequence(config: BertConfig, seq_len: int, predictions: int
     kv = 4 * h * h  # key + value projections
     per_query = 4 * h * h + 4 * h * inter + 4 * seq_len * h  # query, out, FFN, attention
     full_layer = seq_len * (kv + per_query)
-    head_per_position = 2 * h * h + 2 * h * vocab
     pooler_nsp = 2 * h * h + 2 * h * 2
     if not ours:
-        return layers * full_layer + seq_len * head_per_position + pooler_nsp
+        return layers * full_layer + seq_len * (2 * h * h + 2 * h * vocab) + pooler_nsp
     last_layer = seq_len * kv + (predictions + 1) * per_query
+    head_per_position = 2 * h * h + 2 * h * padded_vocab_size(vocab)  # ours multiplies by the padded table
     return (layers - 1) * full_layer + last_layer + predictions * head_per_position + pooler_nsp
 
 
@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # batch search frees/reallocs
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu" and torch.get_num_threads() > 1:

@@ -289,14 +289,47 @@ def valid_mlm_slots(masked_lm_positions: torch.Tensor) -> torch.Tensor:
     return (masked_lm_positions != 0).long().cumprod(dim=1).bool()
 
 
+class _MeanCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over the rows whose label is >= 0 (0 when there are none).
+
+    Same value as ``F.cross_entropy(..., ignore_index=-100)``, cheaper around the big [N, V] logits:
+    the forward keeps only log-sum-exp per row (no log-probability tensor) and the backward writes
+    softmax - one-hot into a single buffer (no zero-filled gradient, no contiguous copy of a
+    sliced input). Worth ~3% of a CPU training step of the mini model.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # logits [N, V] float (may be a column slice); labels [N] long, < 0 = ignore
+        valid = labels >= 0
+        count = valid.sum().clamp(min=1)
+        target = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
+        log_norm = torch.logsumexp(logits, dim=1)  # [N]
+        loss = ((log_norm - logits.gather(1, target).squeeze(1)) * valid).sum() / count
+        ctx.save_for_backward(logits, log_norm, target, valid, count)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, log_norm, target, valid, count = ctx.saved_tensors
+        grad_logits = torch.sub(logits, log_norm.unsqueeze(1)).exp_()  # softmax [N, V]
+        grad_logits.scatter_add_(1, target, -valid.to(grad_logits.dtype).unsqueeze(1))  # - one-hot
+        grad_logits.mul_((grad * valid / count).unsqueeze(1))  # ignored rows get 0
+        return grad_logits, None
+
+
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.element_size() < 4 else tensor  # bf16/fp16 logits (autocast)
+
+
 def pretraining_loss(mlm_logits: torch.Tensor, masked_lm_ids: torch.Tensor, masked_lm_positions: torch.Tensor,
                      nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, mlm_loss, nsp_loss): mean CE over the valid masked slots + mean NSP CE (fp32 math)."""
     labels = torch.where(valid_mlm_slots(masked_lm_positions), masked_lm_ids.long(), -100)  # [B, P]
-    mlm_loss = F.cross_entropy(mlm_logits.reshape(-1, mlm_logits.shape[-1]).float(), labels.reshape(-1),
-                               ignore_index=-100)
-    nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_labels.long().reshape(-1))
+    mlm_logits = mlm_logits.reshape(-1, mlm_logits.shape[-1])  # [B * P, V]
+    mlm_loss = _MeanCrossEntropy.apply(_at_least_fp32(mlm_logits), labels.reshape(-1))
+    nsp_loss = F.cross_entropy(_at_least_fp32(nsp_logits), next_sentence_labels.long().reshape(-1))
     return mlm_loss + nsp_loss, mlm_loss, nsp_loss
 
 

@@ -191,3 +191,42 @@ def test_bad_config_is_rejected():
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "num_attention_heads": 3}))
     with pytest.raises(ValueError, match="hidden_act"):
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "hidden_act": "nonsense"}))
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_flop_formula_of_the_benchmark_matches_executed_flops(ours):
+    """benchmarks/pretraining_throughput.py reports MFU from this formula: check it against a counter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.pretraining_throughput import matmul_flops_per_sequence
+
+    model = BertForPreTraining(TINY).eval() if ours else hf_twin(BertForPreTraining(TINY), "sdpa").eval()
+    input_ids, token_type_ids, attention_mask, positions, _, _ = make_batch(padded=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        if ours:
+            model(input_ids, token_type_ids, attention_mask, positions)
+        else:
+            model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    batch, seq_len = input_ids.shape
+    expected = batch * matmul_flops_per_sequence(TINY, seq_len, positions.shape[1], ours=ours)
+    assert counter.get_total_flops() == expected
+
+
+def test_loss_and_its_gradient_equal_torch_cross_entropy():
+    base = torch.randn(3, 4, 104, dtype=torch.float64)
+    logits = base[..., :101].clone().requires_grad_(True)  # as the model returns it: a column slice
+    reference = logits.detach().clone().requires_grad_(True)
+    ids = torch.randint(0, 101, (3, 4))
+    positions = torch.tensor([[3, 5, 0, 7], [1, 2, 4, 6], [0, 0, 0, 0]])
+    nsp_logits, nsp_labels = torch.randn(3, 2, dtype=torch.float64), torch.tensor([1, 0, 1])
+    mlm_loss = pretraining_loss(logits, ids, positions, nsp_logits, nsp_labels)[1]
+    labels = torch.where(valid_mlm_slots(positions), ids, -100).reshape(-1)
+    expected = torch.nn.functional.cross_entropy(reference.reshape(-1, 101), labels, ignore_index=-100)
+    torch.testing.assert_close(mlm_loss, expected)
+    (mlm_loss * 3).backward()
+    (expected * 3).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert torch.count_nonzero(logits.grad[2]) == 0 and torch.count_nonzero(logits.grad[0, 2:]) == 0
+    empty = pretraining_loss(logits, ids, torch.zeros(3, 4, dtype=torch.long), nsp_logits, nsp_labels)[1]
+    assert empty.item() == 0.0  # no valid slot: 0, not NaN
