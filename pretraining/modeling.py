@@ -188,7 +188,7 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 output_positions: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """-> (sequence output [B, L, H], or [B, Q, H] at output_positions [B, Q]; pooled [CLS] [B, H]).
 
@@ -206,13 +206,18 @@ class BertModel(nn.Module):
         return hidden[:, 1:], self.pooler(hidden)
 
 
-def key_mask_for_sdpa(attention_mask: torch.Tensor) -> Optional[torch.Tensor]:
+def key_mask_for_sdpa(attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """[B, L] 1 = token / 0 = padding -> [B, 1, 1, L] bool (True = attend), or None without padding.
 
-    None lets SDPA use its unmasked (fastest) kernels. The check reads the tensor, so under
-    torch.compile we skip it and always pass the mask (no data-dependent graph break).
+    None lets SDPA pick its unmasked (fastest) kernels. Callers may pass attention_mask=None for a
+    batch they know is unpadded; otherwise a mask held on the CPU is inspected (free there). A mask on
+    an accelerator is always passed as is: reading it would force a host sync (a graph flush in HPU
+    lazy mode), and under torch.compile the check would be a data-dependent graph break.
     """
-    if not torch.compiler.is_compiling() and bool(attention_mask.all()):
+    if attention_mask is None:
+        return None
+    if (attention_mask.device.type == "cpu" and not torch.compiler.is_compiling()
+            and bool(attention_mask.all())):
         return None
     return attention_mask.bool()[:, None, None, :]
 
@@ -250,7 +255,8 @@ class BertPreTrainingHeads(nn.Module):
 class BertForPreTraining(nn.Module):
     """forward(input_ids, token_type_ids, attention_mask, masked_lm_positions) -> (mlm_logits, nsp_logits).
 
-    Shapes: input_ids / token_type_ids / attention_mask [B, L]; masked_lm_positions [B, P] (0 in
+    Shapes: input_ids / token_type_ids / attention_mask [B, L] (attention_mask may be None: no padding);
+    masked_lm_positions [B, P] (0 in
     unused slots: position 0 is always [CLS] and never masked); mlm_logits [B, P, vocab_size] with the
     real vocab (padding columns sliced off, so they can never be predicted); nsp_logits [B, 2].
     """
@@ -274,7 +280,7 @@ class BertForPreTraining(nn.Module):
         if isinstance(module, BertLMPredictionHead):
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 masked_lm_positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # Only the masked positions go through the last layer and the head: [B, P, H], not [B, L, H].
         masked_hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, masked_lm_positions)

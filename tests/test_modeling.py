@@ -230,3 +230,20 @@ def test_loss_and_its_gradient_equal_torch_cross_entropy():
     assert torch.count_nonzero(logits.grad[2]) == 0 and torch.count_nonzero(logits.grad[0, 2:]) == 0
     empty = pretraining_loss(logits, ids, torch.zeros(3, 4, dtype=torch.long), nsp_logits, nsp_labels)[1]
     assert empty.item() == 0.0  # no valid slot: 0, not NaN
+
+
+def test_padding_is_masked_and_mask_none_means_unpadded():
+    model = BertForPreTraining(TINY).eval()
+    scramble(model, seed=2)
+    input_ids, token_type_ids, attention_mask, positions, _, _ = make_batch(padded=True)
+    with torch.no_grad():
+        reference = model(input_ids, token_type_ids, attention_mask, positions)
+        noisy = input_ids.clone()
+        noisy[attention_mask == 0] = 7  # what sits in padding slots must not matter
+        changed = model(noisy, token_type_ids, attention_mask, positions)
+        torch.testing.assert_close(changed[0], reference[0])
+        torch.testing.assert_close(changed[1], reference[1])
+        ones = torch.ones_like(attention_mask)
+        torch.testing.assert_close(model(input_ids, token_type_ids, None, positions)[0],
+                                   model(input_ids, token_type_ids, ones, positions)[0])
+        assert not torch.allclose(model(input_ids, token_type_ids, ones, positions)[0], reference[0])
