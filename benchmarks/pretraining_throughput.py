@@ -61,6 +61,7 @@ PRESET_TABLE = {
 def phase1_like_batch(config: BertConfig, batch: int, seq_len: int, predictions: int, seed: int = 0):
     """A batch shaped like create_pretraining_data output (zero padding, sorted masked positions)."""
     gen = torch.Generator().manual_seed(seed)
+    first_word = min(999, config.vocab_size // 2)  # BERT vocabs: [PAD], [unused*], [CLS], ... end at 998
     input_ids = torch.zeros(batch, seq_len, dtype=torch.long)
     token_type_ids = torch.zeros(batch, seq_len, dtype=torch.long)
     attention_mask = torch.zeros(batch, seq_len, dtype=torch.long)
@@ -69,7 +70,7 @@ def phase1_like_batch(config: BertConfig, batch: int, seq_len: int, predictions:
     for row in range(batch):
         short = torch.rand((), generator=gen) < 0.1  # short_seq_prob of the reference data tool
         length = int(torch.randint(8, seq_len + 1, (), generator=gen)) if short else seq_len
-        input_ids[row, :length] = torch.randint(999, config.vocab_size, (length,), generator=gen)
+        input_ids[row, :length] = torch.randint(first_word, config.vocab_size, (length,), generator=gen)
         split = int(torch.randint(2, length - 1, (), generator=gen))
         token_type_ids[row, split:length] = 1
         attention_mask[row, :length] = 1

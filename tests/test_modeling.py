@@ -247,3 +247,30 @@ def test_padding_is_masked_and_mask_none_means_unpadded():
         torch.testing.assert_close(model(input_ids, token_type_ids, None, positions)[0],
                                    model(input_ids, token_type_ids, ones, positions)[0])
         assert not torch.allclose(model(input_ids, token_type_ids, ones, positions)[0], reference[0])
+
+
+def test_benchmark_batch_search_and_report_lines(monkeypatch):
+    """The CUDA presets' logic (largest batch both models fit, one line per comparison), run on CPU
+    with a tiny shape; an out-of-memory error is simulated above batch 4."""
+    pytest.importorskip("transformers")
+    import benchmarks.pretraining_throughput as bench
+
+    monkeypatch.setitem(bench.PRESETS, "test-tiny", TINY)
+    monkeypatch.setitem(bench.PRESET_TABLE, "test-tiny", bench.Preset("test-tiny", "cpu", 16, 3, None, "fp32",
+                                                                      steps=2, goal="none"))
+    real_step_functions = bench.step_functions
+    tried = []
+
+    def limited(ours, hf, batch, *args):
+        tried.append(batch["input_ids"].shape[0])
+        if batch["input_ids"].shape[0] > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return real_step_functions(ours, hf, batch, *args)
+
+    monkeypatch.setattr(bench, "step_functions", limited)
+    args = bench.build_parser().parse_args(["--preset", "test-tiny", "--max_batch", "8", "--warmup", "0"])
+    lines = bench.run_preset("test-tiny", args)
+    assert tried[:2] == [8, 4]
+    assert len(lines) == 1 and "batch 4" in lines[0] and "ratio" in lines[0]
+    losses = [float(x) for x in lines[0].split("eval loss ours ")[1].split(" transformers ")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)  # same weights, same batch, same loss
