@@ -154,7 +154,7 @@ def accumulate_gradients(args, plan: RunPlan, s: Session, step: int) -> torch.Te
                                                    batch.masked_lm_positions)  # [B, P, V], [B, 2]
                 loss, _, _ = pretraining_loss(mlm_logits, batch.masked_lm_ids, batch.masked_lm_positions,
                                               nsp_logits, batch.next_sentence_labels)
-            loss = loss / plan.accumulation + injected_loss_fault(step)
+            loss = loss / plan.accumulation + injected_loss_fault(step, s.consecutive_skips == 0)
             loss.backward()
         mark_step(s.kind, s.mode)
         total += loss.detach()
