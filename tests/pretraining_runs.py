@@ -1,5 +1,6 @@
 """Command lines and result readers for the pre-training tests (tiny model, synthetic shards)."""
 import json
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -20,8 +21,20 @@ def single_thread():
 
 
 def subprocess_env(child_env: dict) -> dict:
-    """child_env plus one thread per process (see single_thread)."""
+    """conftest's child_env plus one thread per process (see single_thread)."""
     return {**child_env, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def module_child_env() -> dict:
+    """subprocess_env for module-scoped fixtures (conftest's child_env is per test)."""
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(BERT_DISABLE_PROGRESS="1", OMP_NUM_THREADS="1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return env
 
 
 # A tiny BERT without dropout, for tests that compare numbers across code paths.
