@@ -2,7 +2,7 @@
 import json
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import torch
@@ -20,21 +20,17 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-def subprocess_env(child_env: dict) -> dict:
-    """conftest's child_env plus one thread per process (see single_thread)."""
+def subprocess_env(child_env: Optional[dict] = None) -> dict:
+    """Environment for training subprocesses: conftest's child_env (or the same built here, for
+    module-scoped fixtures, which cannot use that per-test fixture) plus one thread per process."""
+    if child_env is None:
+        child_env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
+        child_env["BERT_DISABLE_PROGRESS"] = "1"
+        child_env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        child_env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     return {**child_env, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def module_child_env() -> dict:
-    """subprocess_env for module-scoped fixtures (conftest's child_env is per test)."""
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(BERT_DISABLE_PROGRESS="1", OMP_NUM_THREADS="1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    return env
 
 
 # A tiny BERT without dropout, for tests that compare numbers across code paths.

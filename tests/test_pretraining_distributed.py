@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from pretraining_runs import single_thread  # noqa: F401  (autouse fixture)
-from pretraining_runs import module_child_env  # noqa: F401  (fixture)
-from pretraining_runs import newest_checkpoint
+from pretraining_runs import newest_checkpoint, subprocess_env
 from pretraining_shards import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +64,8 @@ def assert_ranks_in_lockstep_on_different_files(results: Path):
 
 
 @pytest.fixture(scope="module")
-def ddp_run(data, tmp_path_factory, module_child_env):
-    return launch(data, tmp_path_factory.mktemp("mpirun_ddp"), module_child_env)  # mpirun is the default
+def ddp_run(data, tmp_path_factory):
+    return launch(data, tmp_path_factory.mktemp("mpirun_ddp"), subprocess_env())  # mpirun is the default
 
 
 def test_mpirun_two_ranks_with_ddp(ddp_run):
@@ -78,8 +77,8 @@ def test_mpirun_two_ranks_with_ddp(ddp_run):
     assert (ddp_run / "hf_export" / "phase1" / "model.safetensors").is_file()
 
 
-def test_torchrun_two_ranks_post_accumulation_matches_ddp(data, ddp_run, tmp_path, module_child_env):
-    results = launch(data, tmp_path / "torchrun_post", module_child_env, "--no_mpirun", "--allreduce_post_accumulation")
+def test_torchrun_two_ranks_post_accumulation_matches_ddp(data, ddp_run, tmp_path, child_env):
+    results = launch(data, tmp_path / "torchrun_post", subprocess_env(child_env), "--no_mpirun", "--allreduce_post_accumulation")
     assert_ranks_in_lockstep_on_different_files(results)
     ddp = torch.load(ddp_run / "checkpoints" / f"ckpt_{STEPS + 1}.pt", weights_only=True)["model"]
     post = torch.load(results / "checkpoints" / f"ckpt_{STEPS + 1}.pt", weights_only=True)["model"]
