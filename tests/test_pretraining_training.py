@@ -205,3 +205,13 @@ def test_a_checkpoint_of_another_shape_is_refused(data, uninterrupted, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"checkpoint {init} was trained with a different model shape" in err[0]
     assert "hidden_size 64 vs 32" in err[0]
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(data, uninterrupted, tmp_path, capsys):
+    reference, _ = uninterrupted
+    before = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    capsys.readouterr()
+    assert main(phase_args(data, reference, 1)) == 2  # no --resume_from_checkpoint
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds checkpoints (newest ckpt_8.pt)" in err[0]
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == before
