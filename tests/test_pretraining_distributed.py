@@ -6,9 +6,11 @@ bit-identical parameters after every step; the DDP run and the post-accumulation
 end with the same parameters within float tolerance. A third test checks the gradients of the three
 synchronisation paths directly against a single-process computation over all ranks' data.
 """
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from pretraining_runs import newest_checkpoint, subprocess_env
 from pretraining_shards import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STEPS = 5
+STEPS = 9
 
 pytestmark = pytest.mark.mpi
 
@@ -33,18 +35,25 @@ def free_port() -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
-    return make_dataset(root / "p1", num_files=4, samples=20, seed=7), make_dataset(root / "p2", num_files=2, seed=8)
+    return make_dataset(root / "p1", num_files=4, samples=48, seed=7), make_dataset(root / "p2", num_files=2, seed=8)
 
 
-def launch(data, out, env, *extra):
+def launch_argv(data, out, *extra):
     """demo_bert.py pretraining, phase 1 only, 2 CPU ranks, micro-batch 4 x 2 accumulation steps."""
-    env = {**env, "BERT_LOG_PARAM_CHECKSUM": "1", "MASTER_PORT": free_port()}
-    argv = [sys.executable, "demo_bert.py", "pretraining", "--model_name_or_path", "tiny", "--data_type", "fp32",
+    return [sys.executable, "demo_bert.py", "pretraining", "--model_name_or_path", "tiny", "--data_type", "fp32",
             "--device", "cpu", "-o", str(out), "--data_dir", str(data[0]), str(data[1]), "--phase", "1",
             "--world_size", "2", "--dist", "-s", "32", "32", "--max_predictions_per_seq", "5", "5",
             "--batch_size", "4", "4", "--train_batch_size", "16", "16", "--accumulate_gradients",
             "--max_steps", str(STEPS + 1), "4", "--seed", "5", *extra]
-    done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def launch_env(env):
+    return {**env, "BERT_LOG_PARAM_CHECKSUM": "1", "MASTER_PORT": free_port()}
+
+
+def launch(data, out, env, *extra):
+    done = subprocess.run(launch_argv(data, out, *extra), cwd=REPO_ROOT, env=launch_env(env), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return out / "results"
 
@@ -60,7 +69,7 @@ def assert_ranks_in_lockstep_on_different_files(results: Path):
     assert [r[:2] for r in rank0] == [r[:2] for r in rank1]  # identical parameters after every step
     assert len({r[1] for r in rank0}) == STEPS  # ... which changed at every step but the last (its lr is 0)
     assert all(a[2] != b[2] for a, b in zip(rank0, rank1))  # different shards at every step
-    assert {r[2] for r in rank0}.isdisjoint({r[2] for r in rank1})  # 4 files, 2 ranks: 2 each
+    assert {r[2] for r in rank0}.isdisjoint({r[2] for r in rank1})  # one epoch: 4 files, 2 ranks, 2 each
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +86,26 @@ def test_mpirun_two_ranks_with_ddp(ddp_run):
     assert (ddp_run / "hf_export" / "phase1" / "model.safetensors").is_file()
 
 
-def test_torchrun_two_ranks_post_accumulation_matches_ddp(data, ddp_run, tmp_path, child_env):
-    results = launch(data, tmp_path / "torchrun_post", subprocess_env(child_env), "--no_mpirun", "--allreduce_post_accumulation")
+def test_torchrun_post_accumulation_stopped_by_sigterm_resumes_and_matches_ddp(data, ddp_run, tmp_path, child_env):
+    """SIGTERM to demo_bert: both ranks finish the same step, save, stop; the same command resumes;
+    the end matches the DDP run."""
+    out, env = tmp_path / "torchrun_post", subprocess_env(child_env)
+    flags = ("--no_mpirun", "--allreduce_post_accumulation", "--resume_from_checkpoint")
+    job = subprocess.Popen(launch_argv(data, out, *flags), cwd=REPO_ROOT, env=launch_env(env),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ranks = [out / "results" / "checkpoints" / f"param_checksums.rank{r}.txt" for r in (0, 1)]
+    deadline = time.time() + 240
+    while not (ranks[0].is_file() and len(ranks[0].read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.time() < deadline, "the job ended before it could be signalled"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0 and "stopped by SIGTERM" in err, err[-3000:]  # (torchrun itself exits 1)
+    stopped = [int(checksum_lines(out / "results", r)[-1][0]) for r in (0, 1)]
+    assert stopped[0] == stopped[1] < STEPS + 1  # the ranks agreed on the step to stop at
+    assert newest_checkpoint(out / "results")["step"] == stopped[0]  # ... and saved it
+
+    results = launch(data, out, env, *flags)  # the same command again
     assert_ranks_in_lockstep_on_different_files(results)
     ddp = torch.load(ddp_run / "checkpoints" / f"ckpt_{STEPS + 1}.pt", weights_only=True)["model"]
     post = torch.load(results / "checkpoints" / f"ckpt_{STEPS + 1}.pt", weights_only=True)["model"]
