@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -133,7 +134,7 @@ def train_loop(args, plan: RunPlan, s: Session, e2e_start: float) -> int:
     s.log.end_training()
     save(args, plan, s)  # the end of the run (a no-op when this step is saved already)
     if stop_requested:
-        signum = signals.signum or 15
+        signum = signals.signum or signal.SIGTERM  # ranks that only agreed to stop
         s.log.note(f"stopped by signal {signum} after step {plan.step_offset + s.phase_step}; "
                    f"rerun with --resume_from_checkpoint to continue")
         return 128 + signum
