@@ -122,7 +122,8 @@ def assert_same_final_state(out, expected):
 def test_sigkill_at_a_random_step_then_the_same_command_resumes_exactly(data, reference, tmp_path, child_env,
                                                                       capsys):
     out, env = tmp_path / "run", subprocess_env(child_env)
-    rc, _, kill_at = interrupt_at_random_step(command(data, out), out, env, signal.SIGKILL, 4, STEPS // 2)  # after ckpt_3
+    # a random step after ckpt_3, so that the restart really resumes
+    rc, _, kill_at = interrupt_at_random_step(command(data, out), out, env, signal.SIGKILL, 4, STEPS // 2)
     assert rc == -signal.SIGKILL
     assert not (out / "checkpoints" / f"ckpt_{STEPS}.pt").exists(), "killed too late to test anything"
     assert "resumed from" in restart(command(data, out), capsys)
