@@ -195,3 +195,15 @@ def test_sigterm_finishes_the_step_then_stops(tmp_path):
                         collate=collate_then_signal)
     assert result.stopped_by_signal == signal.SIGTERM and result.global_step == 3
     assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+def test_load_model_rejects_a_json_that_is_not_a_config(tmp_path, shared_data):
+    from transformers import BertForQuestionAnswering
+
+    bad = tmp_path / "bert_config.json"
+    bad.write_text("[1, 2, 3]")
+    with pytest.raises(ModelLoadError, match="not a readable bert_config.json"):
+        load_model(str(bad), BertForQuestionAnswering,
+                   vocab_file=str(shared_data / "vocab" / "bert-base-uncased-vocab.txt"))
+    with pytest.raises(ModelLoadError, match="--vocab_file .*no such file"):
+        load_model("tiny", BertForQuestionAnswering, vocab_file=str(tmp_path / "missing.txt"))
