@@ -2,6 +2,7 @@
 pre-training checkpoint; and every kind of bad input ending with exit status 2 and one line."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,7 +147,6 @@ def test_malformed_squad_file_exits_2_with_one_line(label, text, message, tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: SQuAD file ")
     assert str(bad) in err
-    import re
     assert re.search(message, err), err
     assert not out.exists()  # nothing written for a run that could not start
 
