@@ -103,7 +103,7 @@ class PaddingCollator:
     ``fixed_length`` pads every batch to the same length instead (static shapes for HPU graphs).
     Sequence keys: list / tuple / numpy values (padded with ``pad_token_id`` for input_ids, else 0);
     an ``attention_mask`` is made from the lengths when the features carry none.
-    Output shapes: [B, L] int64 for sequences, [B] int64 for scalars.
+    Output shapes: [B, L] int64 for sequences, [B] int64 for integer scalars (float32 for float ones).
     """
 
     def __init__(self, pad_token_id: int = 0, multiple_of: int = 8, fixed_length: Optional[int] = None,
@@ -130,8 +130,9 @@ class PaddingCollator:
                 for row, feature in zip(rows, features):
                     row[:len(feature[key])] = feature[key]
                 batch[key] = torch.from_numpy(rows)
-            else:
-                batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+            else:  # class ids -> int64; regression targets (floats, e.g. STS-B scores) -> float32
+                dtype = torch.float if isinstance(features[0][key], float) else torch.long
+                batch[key] = torch.tensor([f[key] for f in features], dtype=dtype)
         if "input_ids" in sequence_keys and "attention_mask" not in batch:
             # 1 over each feature's real tokens, 0 over the padding: [B, L]
             batch["attention_mask"] = (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long()
@@ -247,12 +248,15 @@ class TrainResult:
 
 def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Runtime, logger: DLLogger,
           collate: Optional[Callable] = None, eval_callback: Optional[Callable[[torch.nn.Module, int], dict]] = None,
-          save_callback: Optional[Callable[[torch.nn.Module, str], None]] = None) -> TrainResult:
+          save_callback: Optional[Callable[[torch.nn.Module, str], None]] = None,
+          batch_sampler: Optional[torch.utils.data.Sampler] = None) -> TrainResult:
     """Fine-tune ``model`` (moved to the runtime's device, trained in place) on ``features``.
 
     eval_callback(plain_model, step) -> metrics dict, run every ``args.eval_steps`` steps when given.
     save_callback(plain_model, directory) writes a checkpoint every ``args.save_steps`` steps
     (default: ``save_model`` without a tokenizer) into ``<output_dir>/checkpoint-<step>``.
+    batch_sampler (single process only) replaces the random sampler: it yields lists of feature
+    indices per batch (e.g. length-grouped batches); its ``set_epoch(epoch)`` is called if it has one.
     """
     set_seed(args.seed)
     collate = collate or PaddingCollator()
@@ -267,8 +271,13 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                                      shuffle=True, seed=args.seed)
     else:
         sampler = RandomSampler(features, generator=torch.Generator().manual_seed(args.seed))
-    loader = DataLoader(features, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        pin_memory=runtime.kind == "cuda", drop_last=False)
+    if batch_sampler is not None and not runtime.dist.distributed:
+        sampler = batch_sampler
+        loader = DataLoader(features, batch_sampler=batch_sampler, collate_fn=collate,
+                            pin_memory=runtime.kind == "cuda")
+    else:
+        loader = DataLoader(features, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                            pin_memory=runtime.kind == "cuda", drop_last=False)
     steps_per_epoch = max(1, len(loader) // accumulation)
     if args.max_steps > 0:
         total_steps = args.max_steps
@@ -294,7 +303,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
     sequences = 0
     with _StopRequest() as stop:
         for epoch in range(epochs):
-            if isinstance(sampler, DistributedSampler):
+            if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             for batch in loader:
                 micro += 1
