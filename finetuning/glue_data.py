@@ -218,64 +218,26 @@ def processor_for(task_name: str) -> GlueProcessor:
 # ---- tokenized features and batching ---------------------------------------------------------------
 
 
-class GlueFeatures(torch.utils.data.Dataset):
-    """Tokenized examples, unpadded: item i is {input_ids, token_type_ids, [labels]} as lists of ints."""
-
-    def __init__(self, input_ids: List[List[int]], token_type_ids: List[List[int]], labels: Optional[list]):
-        self.input_ids, self.token_type_ids, self.labels = input_ids, token_type_ids, labels
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {"input_ids": self.input_ids[i], "token_type_ids": self.token_type_ids[i]}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        return item
-
-    def lengths(self) -> List[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
 def tokenize_examples(examples: Sequence[InputExample], tokenizer, processor: GlueProcessor,
-                      max_seq_length: int) -> GlueFeatures:
-    """[CLS] a [SEP] (b [SEP]), truncated longest-first to max_seq_length; no padding (that is per batch)."""
+                      max_seq_length: int) -> List[dict]:
+    """One feature per example: {input_ids, token_type_ids, attention_mask[, labels]} as unpadded lists.
+
+    [CLS] a [SEP] (b [SEP]), truncated longest-first to max_seq_length. Padding happens per batch in
+    the fine-tuning loop's collator (MRPC pairs average ~53 WordPiece tokens, far below 128).
+    Labels are class ids (int), or the score (float) for regression tasks; test features have none.
+    """
     texts_a = [e.text_a for e in examples]
     texts_b = None if processor.text_b_col is None else [e.text_b for e in examples]
-    encoded = tokenizer(texts_a, texts_b, truncation=True, max_length=max_seq_length,
-                        padding=False, return_token_type_ids=True, return_attention_mask=False)
-    has_labels = examples and examples[0].label is not None
-    labels = [processor.label_id(e.label) for e in examples] if has_labels else None
-    return GlueFeatures(list(encoded["input_ids"]), list(encoded["token_type_ids"]), labels)
-
-
-@dataclass
-class PadCollator:
-    """Pads a list of GlueFeatures items to the longest in the batch (or to ``pad_to`` if given).
-
-    Returns {input_ids [B, L] long, token_type_ids [B, L] long, attention_mask [B, L] long, labels [B]}.
-    MRPC pairs average ~53 WordPiece tokens, so padding per batch instead of to 128 saves over half the work.
-    """
-
-    pad_token_id: int = 0
-    pad_to: Optional[int] = None
-    regression: bool = False
-
-    def __call__(self, items: List[dict]) -> Dict[str, torch.Tensor]:
-        width = self.pad_to or max(len(item["input_ids"]) for item in items)
-        input_ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(items), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            input_ids[row, :n] = torch.tensor(item["input_ids"], dtype=torch.long)
-            token_type_ids[row, :n] = torch.tensor(item["token_type_ids"], dtype=torch.long)
-            attention_mask[row, :n] = 1
-        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-        if "labels" in items[0]:
-            batch["labels"] = torch.tensor([item["labels"] for item in items],
-                                           dtype=torch.float if self.regression else torch.long)
-        return batch
+    encoded = tokenizer(texts_a, texts_b, truncation=True, max_length=max_seq_length, padding=False,
+                        return_token_type_ids=True, return_attention_mask=True)
+    features = []
+    for i, example in enumerate(examples):
+        feature = {"input_ids": encoded["input_ids"][i], "token_type_ids": encoded["token_type_ids"][i],
+                   "attention_mask": encoded["attention_mask"][i]}
+        if example.label is not None:
+            feature["labels"] = processor.label_id(example.label)
+        features.append(feature)
+    return features
 
 
 class LengthGroupedBatchSampler(torch.utils.data.Sampler):

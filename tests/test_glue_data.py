@@ -2,8 +2,6 @@
 from pathlib import Path
 
 import pytest
-import torch
-
 from finetuning import glue_data
 from finetuning.glue_data import GlueDataError, processor_for
 
@@ -162,30 +160,33 @@ def tokenizer(shared_data):
     return BertTokenizer(vocab=str(shared_data / "vocab" / "bert-base-uncased-vocab.txt"), do_lower_case=True)
 
 
-def test_tokenize_pairs_truncates_and_collates_per_batch(tmp_path, tokenizer):
+def test_tokenize_pairs_truncates_longest_first(tmp_path, tokenizer):
     processor = processor_for("mrpc")
     examples = processor.examples(mrpc_dir(tmp_path), "train")
     features = glue_data.tokenize_examples(examples, tokenizer, processor, max_seq_length=8)
     # 'He said " yes " .' + 'He agreed .' is 6 + 3 word pieces + 3 specials = 12 -> truncated to 8
-    assert features.lengths() == [8, 8]
+    assert [len(f["input_ids"]) for f in features] == [8, 8]
     assert features[0]["input_ids"][0] == tokenizer.cls_token_id and features[0]["labels"] == 1
-    short = glue_data.tokenize_examples(examples, tokenizer, processor, max_seq_length=128)
-    assert short.lengths() == [12, 9]
-    assert short[1]["token_type_ids"] == [0] * 5 + [1] * 4
-    batch = glue_data.PadCollator(pad_token_id=tokenizer.pad_token_id)([short[0], short[1]])
-    assert batch["input_ids"].shape == (2, 12)           # padded to the longest in the batch, not 128
-    assert batch["attention_mask"][1].tolist() == [1] * 9 + [0] * 3
-    assert batch["input_ids"][1, 9:].tolist() == [tokenizer.pad_token_id] * 3
-    assert batch["labels"].tolist() == [1, 0] and batch["labels"].dtype == torch.long
-    fixed = glue_data.PadCollator(pad_to=128)([short[0]])
-    assert fixed["input_ids"].shape == (1, 128)
+    full = glue_data.tokenize_examples(examples, tokenizer, processor, max_seq_length=128)
+    assert [len(f["input_ids"]) for f in full] == [12, 9]     # unpadded: padding is per batch
+    assert full[1]["token_type_ids"] == [0] * 5 + [1] * 4
+    assert full[1]["attention_mask"] == [1] * 9 and full[1]["labels"] == 0
+    assert tokenizer.decode(full[1]["input_ids"]) == "[CLS] dogs bark. [SEP] cats sleep. [SEP]"
 
 
 def test_test_split_features_have_no_labels(tmp_path, tokenizer):
     processor = processor_for("mrpc")
     features = glue_data.tokenize_examples(processor.examples(mrpc_dir(tmp_path), "test"), tokenizer, processor, 32)
-    assert "labels" not in features[0]
-    assert "labels" not in glue_data.PadCollator()([features[0], features[1]])
+    assert len(features) == 2 and all("labels" not in f for f in features)
+
+
+def test_regression_labels_are_floats(tmp_path, tokenizer):
+    header = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+              "score"]
+    write_tsv(tmp_path / "train.tsv", [header, ["0", "g", "f", "y", "o", "n", "n", "a b", "c", "3.2"]])
+    processor = processor_for("sts-b")
+    features = glue_data.tokenize_examples(processor.examples(tmp_path, "train"), tokenizer, processor, 32)
+    assert features[0]["labels"] == pytest.approx(3.2) and isinstance(features[0]["labels"], float)
 
 
 def test_length_grouped_batches_cover_every_index_once():
