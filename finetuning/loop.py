@@ -125,8 +125,9 @@ class PaddingCollator:
                 pad = self.pad_token_id if key == "input_ids" else 0
                 rows = [list(f[key]) + [pad] * (length - len(f[key])) for f in features]
                 batch[key] = torch.tensor(rows, dtype=torch.long)
-            else:
-                batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+            else:  # class ids -> int64; regression targets (floats, e.g. STS-B scores) -> float32
+                dtype = torch.float if isinstance(features[0][key], float) else torch.long
+                batch[key] = torch.tensor([f[key] for f in features], dtype=dtype)
         return batch
 
 
@@ -220,12 +221,15 @@ class TrainResult:
 
 def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Runtime, logger: DLLogger,
           collate: Optional[Callable] = None, eval_callback: Optional[Callable[[torch.nn.Module, int], dict]] = None,
-          save_callback: Optional[Callable[[torch.nn.Module, str], None]] = None) -> TrainResult:
+          save_callback: Optional[Callable[[torch.nn.Module, str], None]] = None,
+          batch_sampler: Optional[torch.utils.data.Sampler] = None) -> TrainResult:
     """Fine-tune ``model`` (moved to the runtime's device, trained in place) on ``features``.
 
     eval_callback(plain_model, step) -> metrics dict, run every ``args.eval_steps`` steps when given.
     save_callback(plain_model, directory) writes a checkpoint every ``args.save_steps`` steps
     (default: ``save_model`` without a tokenizer) into ``<output_dir>/checkpoint-<step>``.
+    batch_sampler (single process only) replaces the random sampler: it yields lists of feature
+    indices per batch (e.g. length-grouped batches); its ``set_epoch(epoch)`` is called if it has one.
     """
     set_seed(args.seed)
     collate = collate or PaddingCollator()
@@ -240,8 +244,13 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                                      shuffle=True, seed=args.seed)
     else:
         sampler = RandomSampler(features, generator=torch.Generator().manual_seed(args.seed))
-    loader = DataLoader(features, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        pin_memory=runtime.kind == "cuda", drop_last=False)
+    if batch_sampler is not None and not runtime.dist.distributed:
+        sampler = batch_sampler
+        loader = DataLoader(features, batch_sampler=batch_sampler, collate_fn=collate,
+                            pin_memory=runtime.kind == "cuda")
+    else:
+        loader = DataLoader(features, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                            pin_memory=runtime.kind == "cuda", drop_last=False)
     steps_per_epoch = max(1, len(loader) // accumulation)
     if args.max_steps > 0:
         total_steps = args.max_steps
@@ -267,7 +276,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
     sequences = 0
     with _StopRequest() as stop:
         for epoch in range(epochs):
-            if isinstance(sampler, DistributedSampler):
+            if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             for batch in loader:
                 micro += 1
