@@ -1,0 +1,193 @@
+"""LAMB (NVLAMB flavour, as the reference pre-training uses it) and its poly warm-up schedule.
+
+One optimizer step, for every parameter w with gradient g (t = step number, from 1):
+    g     = g * min(1, max_grad_norm / ||all gradients||)     global clipping, before the moments
+    m     = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
+    u     = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay * w      decoupled decay
+    ratio = ||w|| / ||u||  if weight_decay != 0 and both norms > 0, else 1          per tensor
+    w     = w - lr * ratio * u
+The arithmetic runs as multi-tensor ``torch._foreach_*`` kernels over all parameters of one device and
+dtype at once (no Python loop per tensor, no host synchronisation). On HPU, ``make_lamb`` returns
+Habana's FusedLamb instead.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+from torch import nn
+
+NO_DECAY_KEYS = ("bias", "gamma", "beta", "LayerNorm")
+
+
+class Lamb(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0, bias_correction: bool = True):
+        if lr < 0.0:
+            raise ValueError(f"Lamb: learning rate must be >= 0, got {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Lamb: betas must lie in [0, 1), got {betas}")
+        if eps <= 0.0:
+            raise ValueError(f"Lamb: eps must be > 0, got {eps}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        max_grad_norm=max_grad_norm, bias_correction=bias_correction, step=0)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def _global_grad_norm(self) -> torch.Tensor:
+        """||all gradients of all groups||_2 as a 0-dim tensor (no host sync)."""
+        buckets: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = defaultdict(list)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    buckets[(p.grad.device, p.grad.dtype)].append(p.grad)
+        if not buckets:
+            return torch.zeros(())
+        sums = [torch.stack(torch._foreach_norm(grads)).float().square().sum() for grads in buckets.values()]
+        target = sums[0].device
+        return torch.stack([s.to(target) for s in sums]).sum().sqrt()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        global_norm = self._global_grad_norm()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("Lamb does not support sparse gradients")
+            group["step"] += 1
+            buckets: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = defaultdict(list)
+            for p in params:
+                buckets[(p.device, p.dtype)].append(p)
+            for (device, _), bucket in buckets.items():
+                self._update_bucket(group, bucket, global_norm.to(device))
+        return loss
+
+    def _update_bucket(self, group: dict, params: List[torch.Tensor], global_norm: torch.Tensor) -> None:
+        beta1, beta2 = group["betas"]
+        step = group["step"]
+        for p in params:
+            if not self.state[p]:
+                self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+
+        # Global clipping: scale = min(1, max_norm / norm), as a tensor so nothing waits for the device.
+        max_norm = group["max_grad_norm"]
+        grads = [p.grad for p in params]
+        if max_norm is not None and max_norm > 0:
+            scale = torch.clamp(max_norm / global_norm.clamp(min=1e-30), max=1.0).to(params[0].dtype)
+            grads = torch._foreach_mul(grads, scale)  # new tensors: p.grad is left as computed
+
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m = b1 m + (1 - b1) g
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)  # v = b2 v + (1 - b2) g^2
+        del grads
+
+        if group["bias_correction"]:
+            correction1 = 1.0 - beta1 ** step
+            correction2 = 1.0 - beta2 ** step
+        else:
+            correction1 = correction2 = 1.0
+        # u = (m / c1) / (sqrt(v / c2) + eps)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, math.sqrt(correction2))
+        torch._foreach_add_(denom, group["eps"])
+        updates = torch._foreach_div(exp_avgs, denom)
+        del denom
+        torch._foreach_div_(updates, correction1)
+
+        weight_decay = group["weight_decay"]
+        if weight_decay != 0:
+            torch._foreach_add_(updates, params, alpha=weight_decay)
+            w_norms = torch.stack(torch._foreach_norm(params))
+            u_norms = torch.stack(torch._foreach_norm(updates))
+            ratios = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.ones_like(w_norms))
+            torch._foreach_mul_(updates, list(ratios.to(params[0].dtype).unbind(0)))
+        torch._foreach_add_(params, updates, alpha=-group["lr"])
+
+
+def lamb_param_groups(model: nn.Module, weight_decay: float = 0.01) -> List[dict]:
+    """Two groups as the reference: decay for weights, none for names with bias/gamma/beta/LayerNorm."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if any(key in name for key in NO_DECAY_KEYS) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_lamb(param_groups: Iterable, lr: float, kind: str, use_fused: bool = True) -> torch.optim.Optimizer:
+    """Habana's FusedLamb on HPU when asked for and installed, else the multi-tensor ``Lamb`` above."""
+    if kind == "hpu" and use_fused:
+        from central.device import habana_optimizer_class
+
+        fused = habana_optimizer_class("FusedLamb")
+        if fused is not None:
+            return fused(param_groups, lr=lr)
+    return Lamb(param_groups, lr=lr)
+
+
+class PolyWarmUpScheduler:
+    """lr = base * p / warmup while p < warmup, then base * (1 - p) ** degree, with p = step / total_steps.
+
+    ``step`` is the number of the optimizer step about to run (1, 2, ...): the optimizer's own count
+    ``param_groups[0]['step'] + 1`` when it keeps one (Lamb, FusedLamb), else this scheduler's count.
+    Call ``scheduler.step()`` before each ``optimizer.step()``, as the reference does; construction
+    already sets the first step's lr. Past total_steps the lr stays 0.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: float, total_steps: int, degree: float = 0.5):
+        if total_steps <= 0:
+            raise ValueError(f"PolyWarmUpScheduler: total_steps must be > 0, got {total_steps}")
+        if not 0.0 <= warmup <= 1.0:
+            raise ValueError(f"PolyWarmUpScheduler: warmup is a fraction of total_steps in [0, 1], got {warmup}")
+        self.optimizer = optimizer
+        self.warmup = float(warmup)
+        self.total_steps = int(total_steps)
+        self.degree = float(degree)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.last_epoch = 0  # optimizer steps this scheduler has prepared
+        self.step()
+
+    def lr_at(self, step: int) -> List[float]:
+        progress = min(step / self.total_steps, 1.0)
+        if progress < self.warmup:
+            factor = progress / self.warmup
+        else:
+            factor = (1.0 - progress) ** self.degree
+        return [base * factor for base in self.base_lrs]
+
+    def step(self) -> None:
+        group = self.optimizer.param_groups[0]
+        self.last_epoch = group["step"] + 1 if "step" in group else self.last_epoch + 1
+        for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
+            group["lr"] = lr
+
+    def get_last_lr(self) -> List[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"warmup": self.warmup, "total_steps": self.total_steps, "degree": self.degree,
+                "base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warmup = float(state["warmup"])
+        self.total_steps = int(state["total_steps"])
+        self.degree = float(state["degree"])
+        self.base_lrs = [float(lr) for lr in state["base_lrs"]]
+        self.last_epoch = int(state["last_epoch"])
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["initial_lr"] = base
+        for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
+            group["lr"] = lr

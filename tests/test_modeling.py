@@ -1,0 +1,193 @@
+"""BERT pre-training model: shapes, tied + padded vocab, loss rules, and parity with transformers."""
+import os
+
+import pytest
+import torch
+
+from pretraining.bert_config import BertConfig
+from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
+from pretraining.modeling import (BertForPreTraining, mlm_accuracy, nsp_accuracy, padded_vocab_size,
+                                  pretraining_loss, valid_mlm_slots)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# vocab 101 pads to 104: three padding columns that must never show up.
+TINY = BertConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=128, max_position_embeddings=64)
+
+
+def scramble(model: torch.nn.Module, seed: int = 0) -> None:
+    """Replace BERT's near-uniform init (std 0.02) by larger random values so parity tests bite:
+    attention that is not uniform, LayerNorm gains that are not 1, non-zero biases."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            centre = 1.0 if name.endswith("LayerNorm.weight") else 0.0
+            param.copy_(centre + torch.randn(param.shape, generator=gen) * 0.3)
+
+
+def make_batch(seed: int = 0, batch: int = 4, seq_len: int = 24, preds: int = 5, padded: bool = True):
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, TINY.vocab_size, (batch, seq_len), generator=gen)
+    token_type_ids = torch.randint(0, 2, (batch, seq_len), generator=gen)
+    attention_mask = torch.ones(batch, seq_len, dtype=torch.long)
+    lengths = [seq_len, seq_len - 7, seq_len - 11, seq_len][:batch] if padded else [seq_len] * batch
+    positions = torch.zeros(batch, preds, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        attention_mask[row, length:] = 0
+        input_ids[row, length:] = 0
+        token_type_ids[row, length:] = 0
+        count = preds - (row % 3)  # some rows use fewer slots: trailing positions are 0
+        chosen = torch.randperm(length - 1, generator=gen)[:count] + 1  # never position 0 ([CLS])
+        positions[row, :count] = chosen.sort().values
+    masked_lm_ids = torch.randint(1, TINY.vocab_size, (batch, preds), generator=gen)
+    next_sentence_labels = torch.randint(0, 2, (batch,), generator=gen)
+    return input_ids, token_type_ids, attention_mask, positions, masked_lm_ids, next_sentence_labels
+
+
+def hf_labels(positions, masked_lm_ids, seq_len):
+    """[B, L] labels as the reference builds them: -100 everywhere, ids at the valid masked positions."""
+    labels = torch.full((positions.shape[0], seq_len), -100, dtype=torch.long)
+    valid = valid_mlm_slots(positions)
+    for row in range(positions.shape[0]):
+        labels[row, positions[row][valid[row]]] = masked_lm_ids[row][valid[row]]
+    return labels
+
+
+def hf_twin(model: BertForPreTraining, attn_implementation: str):
+    transformers = pytest.importorskip("transformers")
+    hf_config = to_hf_config(model.config)
+    hf_config._attn_implementation = attn_implementation
+    hf = transformers.BertForPreTraining(hf_config)
+    assert hf.config._attn_implementation == attn_implementation
+    hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.config), strict=True)
+    return hf
+
+
+def test_shapes_padded_vocab_and_tied_decoder():
+    model = BertForPreTraining(TINY)
+    assert model.bert.embeddings.word_embeddings.weight.shape == (padded_vocab_size(101), 64) == (104, 64)
+    assert model.cls.predictions.bias.shape == (104,)
+    assert not any("decoder" in key for key in model.state_dict())  # tied structurally, stored once
+    input_ids, token_type_ids, attention_mask, positions, _, _ = make_batch()
+    mlm_logits, nsp_logits = model(input_ids, token_type_ids, attention_mask, positions)
+    assert mlm_logits.shape == (4, 5, 101)
+    assert nsp_logits.shape == (4, 2)
+    # The decoder is the word-embedding matrix: its gradient receives the head's contribution.
+    mlm_logits.sum().backward()
+    grad = model.bert.embeddings.word_embeddings.weight.grad
+    assert grad[100].abs().sum() > 0  # token 100 is never an input here, only a decoder row
+
+
+def test_padding_columns_never_win():
+    model = BertForPreTraining(TINY).eval()
+    with torch.no_grad():
+        model.cls.predictions.bias[101:] = 1e4  # would win every argmax if it were not sliced off
+    batch = make_batch()
+    mlm_logits, _ = model(*batch[:4])
+    assert mlm_logits.shape[-1] == 101
+    assert mlm_logits.argmax(-1).max() < 101
+    assert mlm_logits.max() < 1e3
+
+
+def test_init_like_bert():
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=256))
+    layer = model.bert.encoder.layer[0]
+    assert abs(layer.intermediate.dense.weight.std().item() - 0.02) < 0.002
+    assert abs(model.bert.embeddings.word_embeddings.weight.std().item() - 0.02) < 0.002
+    assert torch.count_nonzero(layer.intermediate.dense.bias) == 0
+    assert torch.count_nonzero(model.cls.predictions.bias) == 0
+    assert torch.all(layer.output.LayerNorm.weight == 1) and torch.count_nonzero(layer.output.LayerNorm.bias) == 0
+
+
+def test_dropout_from_config_and_eval():
+    model = BertForPreTraining(BertConfig(**{**TINY.to_dict(), "hidden_dropout_prob": 0.5,
+                                             "attention_probs_dropout_prob": 0.5}))
+    batch = make_batch()[:4]
+    first, second = model(*batch)[0], model(*batch)[0]
+    assert not torch.allclose(first, second)
+    model.eval()
+    assert torch.equal(model(*batch)[0], model(*batch)[0])
+    quiet = BertForPreTraining(BertConfig(**{**TINY.to_dict(), "hidden_dropout_prob": 0.0,
+                                             "attention_probs_dropout_prob": 0.0}))
+    assert torch.equal(quiet(*batch)[0], quiet(*batch)[0])  # train mode, dropout 0: deterministic
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_parity_with_transformers(attn_implementation, padded):
+    torch.manual_seed(0)
+    model = BertForPreTraining(TINY).eval()
+    scramble(model)
+    hf = hf_twin(model, attn_implementation).eval()
+    input_ids, token_type_ids, attention_mask, positions, masked_lm_ids, nsp_labels = make_batch(padded=padded)
+
+    mlm_logits, nsp_logits = model(input_ids, token_type_ids, attention_mask, positions)
+    loss, mlm_loss, nsp_loss = pretraining_loss(mlm_logits, masked_lm_ids, positions, nsp_logits, nsp_labels)
+    out = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+             labels=hf_labels(positions, masked_lm_ids, input_ids.shape[1]), next_sentence_label=nsp_labels)
+    hf_at_positions = torch.gather(out.prediction_logits, 1, positions[..., None].expand(-1, -1, 101))
+
+    assert out.prediction_logits.shape[-1] == 101
+    valid = valid_mlm_slots(positions)
+    torch.testing.assert_close(mlm_logits[valid], hf_at_positions[valid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(nsp_logits, out.seq_relationship_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss, out.loss, atol=1e-4, rtol=1e-4)
+    assert loss.item() == pytest.approx(mlm_loss.item() + nsp_loss.item(), abs=1e-6)
+    assert mlm_logits.std() > 1.0  # the scrambled weights make the comparison meaningful
+
+
+def test_gradients_match_transformers():
+    torch.manual_seed(0)
+    model = BertForPreTraining(TINY).eval()
+    scramble(model, seed=1)
+    hf = hf_twin(model, "sdpa").eval()
+    input_ids, token_type_ids, attention_mask, positions, masked_lm_ids, nsp_labels = make_batch(seed=3)
+    mlm_logits, nsp_logits = model(input_ids, token_type_ids, attention_mask, positions)
+    pretraining_loss(mlm_logits, masked_lm_ids, positions, nsp_logits, nsp_labels)[0].backward()
+    hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+       labels=hf_labels(positions, masked_lm_ids, input_ids.shape[1]), next_sentence_label=nsp_labels).loss.backward()
+
+    ours = dict(model.named_parameters())
+    theirs = dict(hf.named_parameters())
+    for name in ["bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.1.output.dense.weight",
+                 "bert.embeddings.LayerNorm.weight", "cls.predictions.transform.dense.weight",
+                 "bert.pooler.dense.weight"]:
+        torch.testing.assert_close(ours[name].grad, theirs[name].grad, atol=1e-4, rtol=1e-3, msg=name)
+    # Word embeddings: lookup gradient + tied-decoder gradient in both models.
+    word = "bert.embeddings.word_embeddings.weight"
+    torch.testing.assert_close(ours[word].grad[:101], theirs[word].grad, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(ours["cls.predictions.bias"].grad[:101], theirs["cls.predictions.bias"].grad,
+                               atol=1e-5, rtol=1e-3)
+
+
+def test_loss_uses_slots_before_first_zero_position():
+    logits = torch.randn(2, 4, 101)
+    nsp_logits = torch.randn(2, 2)
+    ids = torch.randint(0, 101, (2, 4))
+    positions = torch.tensor([[3, 5, 0, 7], [1, 2, 4, 6]])  # row 0: slot 3 comes after a 0, ignored
+    loss, mlm_loss, nsp_loss = pretraining_loss(logits, ids, positions, nsp_logits, torch.tensor([1, 0]))
+    picks = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)]
+    expected = torch.stack([torch.nn.functional.cross_entropy(logits[r, s][None], ids[r, s][None]) for r, s in picks])
+    assert mlm_loss.item() == pytest.approx(expected.mean().item(), rel=1e-6)
+    expected_nsp = torch.nn.functional.cross_entropy(nsp_logits, torch.tensor([1, 0]))
+    assert nsp_loss.item() == pytest.approx(expected_nsp.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(mlm_loss.item() + nsp_loss.item(), rel=1e-6)
+
+
+def test_accuracy_helpers():
+    logits = torch.full((1, 3, 10), -5.0)
+    logits[0, 0, 4] = logits[0, 1, 2] = logits[0, 2, 9] = 5.0
+    correct, total = mlm_accuracy(logits, torch.tensor([[4, 3, 9]]), torch.tensor([[5, 6, 0]]))
+    assert (correct.item(), total.item()) == (1, 2)  # slot 2 is unused (position 0)
+    correct, total = nsp_accuracy(torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]]), torch.tensor([0, 1, 1]))
+    assert (correct.item(), total.item()) == (2, 3)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        BertForPreTraining(BertConfig(**{**TINY.to_dict(), "num_attention_heads": 3}))
+    with pytest.raises(ValueError, match="hidden_act"):
+        BertForPreTraining(BertConfig(**{**TINY.to_dict(), "hidden_act": "nonsense"}))
