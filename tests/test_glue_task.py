@@ -200,3 +200,37 @@ def test_nothing_to_do_and_unknown_task_exit_2(tmp_path, vocab, capsys):
     argv[argv.index("mrpc")] = "squad2"
     assert run_glue.main(argv) == 2
     assert "not a GLUE task" in one_error_line(capsys)
+
+
+def test_pretraining_checkpoint_fine_tunes_on_mrpc(tmp_path, shared_data, vocab):
+    """A ckpt_N.pt as this project's pre-training writes it ({'model': state_dict, 'config': dict}) fine-tunes on
+    real MRPC rows; the saved encoder is the checkpoint's, moved only by the few training steps."""
+    from safetensors.torch import load_file
+
+    from pretraining.bert_config import BertConfig, count_vocab
+    from pretraining.modeling import BertForPreTraining
+
+    config = BertConfig(vocab_size=count_vocab(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(3)
+    pretrained = BertForPreTraining(config)
+    checkpoint = tmp_path / "checkpoints" / "ckpt_7.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"model": pretrained.state_dict(), "config": config.to_dict(), "global_step": 7}, checkpoint)
+
+    out = tmp_path / "mrpc"
+    argv = ["--task_name", "mrpc", "--model_name_or_path", str(checkpoint), "--vocab_file", vocab,
+            "--data_dir", str(shared_data / "glue_data" / "MRPC"), "--output_dir", str(out), "--device", "cpu",
+            "--do_train", "--do_eval", "--max_train_samples", "32", "--max_eval_samples", "64", "--max_steps", "3",
+            "--learning_rate", "1e-4", "--disable_progress_bar"]
+    assert run_glue.main(argv) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["num_examples"] == 64 and 0.0 <= results["accuracy"] <= 1.0
+
+    saved = load_file(out / "model.safetensors")
+    source = pretrained.state_dict()
+    for key in ("bert.encoder.layer.1.attention.self.query.weight", "bert.embeddings.word_embeddings.weight"):
+        start = source[key][: saved[key].shape[0]]
+        moved = (saved[key] - start).abs().max().item()
+        assert 0.0 < moved < 1e-3, (key, moved)  # 3 AdamW steps of 1e-4 from the checkpoint, not a fresh init
+    assert saved["classifier.weight"].shape == (2, 32)
