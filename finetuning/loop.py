@@ -15,8 +15,8 @@ API (what task code calls, top to bottom):
     save_model(model, tokenizer, args.output_dir, runtime)     # HF format, rank 0 only, atomic
     logger.close(); finish(runtime)
 
-Features are dicts whose list-valued entries (``input_ids``, ``attention_mask``, ``token_type_ids``)
-are padded per batch to the batch's longest sequence, rounded up to a multiple of 8 (tensor cores /
+Features are dicts whose sequence entries (lists or numpy arrays: ``input_ids``, ``token_type_ids``,
+optionally ``attention_mask``, made from the lengths when absent) are padded per batch to the batch's longest sequence, rounded up to a multiple of 8 (tensor cores /
 HPU tiles like multiples of 8, and MRPC's short pairs then cost ~50 tokens instead of 128); integer
 entries (``labels``, ``start_positions``, ...) become a 1-D tensor. Every key of a training feature
 is passed to ``model(**batch)``, which must return an output with ``.loss``.
@@ -29,6 +29,7 @@ data_type, dist_timeout, disable_progress_bar, output_dir, and (optional) eval_s
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import random
@@ -42,10 +43,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from central import device as dev
-from central.distributed import DistEnv, barrier, init_distributed, teardown
+from central.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, teardown
 from central.dllog import DLLogger, console, progress
 
 Feature = Dict[str, object]  # {"input_ids": [int], "attention_mask": [int], ..., "labels": int}
@@ -100,7 +101,9 @@ class PaddingCollator:
     """Features -> dict of tensors; sequences padded to the batch's longest, rounded up to ``multiple_of``.
 
     ``fixed_length`` pads every batch to the same length instead (static shapes for HPU graphs).
-    Sequence keys: list values. Output shapes: [B, L] int64 for sequences, [B] int64 for scalars.
+    Sequence keys: list / tuple / numpy values (padded with ``pad_token_id`` for input_ids, else 0);
+    an ``attention_mask`` is made from the lengths when the features carry none.
+    Output shapes: [B, L] int64 for sequences, [B] int64 for integer scalars (float32 for float ones).
     """
 
     def __init__(self, pad_token_id: int = 0, multiple_of: int = 8, fixed_length: Optional[int] = None,
@@ -117,17 +120,22 @@ class PaddingCollator:
 
     def __call__(self, features: List[Feature]) -> Dict[str, torch.Tensor]:
         keys = [k for k in features[0] if k not in self.drop_keys]
-        sequence_keys = [k for k in keys if isinstance(features[0][k], (list, tuple))]
-        length = self.padded_length(max(len(f[sequence_keys[0]]) for f in features)) if sequence_keys else 0
+        sequence_keys = [k for k in keys if isinstance(features[0][k], (list, tuple, np.ndarray))]
+        lengths = [len(f[sequence_keys[0]]) for f in features] if sequence_keys else []
+        length = self.padded_length(max(lengths)) if lengths else 0
         batch = {}
         for key in keys:
             if key in sequence_keys:
-                pad = self.pad_token_id if key == "input_ids" else 0
-                rows = [list(f[key]) + [pad] * (length - len(f[key])) for f in features]
-                batch[key] = torch.tensor(rows, dtype=torch.long)
+                rows = np.full((len(features), length), self.pad_token_id if key == "input_ids" else 0, dtype=np.int64)
+                for row, feature in zip(rows, features):
+                    row[:len(feature[key])] = feature[key]
+                batch[key] = torch.from_numpy(rows)
             else:  # class ids -> int64; regression targets (floats, e.g. STS-B scores) -> float32
                 dtype = torch.float if isinstance(features[0][key], float) else torch.long
                 batch[key] = torch.tensor([f[key] for f in features], dtype=dtype)
+        if "input_ids" in sequence_keys and "attention_mask" not in batch:
+            # 1 over each feature's real tokens, 0 over the padding: [B, L]
+            batch["attention_mask"] = (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long()
         return batch
 
 
@@ -178,17 +186,23 @@ def _wrap_for_training(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Mod
     """DDP across ranks (buffers are constants in BERT: no per-step broadcast), then compile for graph mode."""
     if runtime.dist.distributed:
         device_ids = [runtime.device.index] if runtime.kind == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True,
-            bucket_cap_mb=230 if runtime.kind == "hpu" else 25)
+        ddp = torch.nn.parallel.DistributedDataParallel
+        no_buffer_sync = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+                          else {"broadcast_buffers": False})  # the newer name, where torch has it
+        model = ddp(model, device_ids=device_ids, gradient_as_bucket_view=True,
+                    bucket_cap_mb=230 if runtime.kind == "hpu" else 25, **no_buffer_sync)
     return dev.compile_for_mode(model, runtime.kind, runtime.mode)
 
 
 class _StopRequest:
-    """SIGTERM/SIGINT: finish the current step, save, then stop (a second signal acts as usual)."""
+    """SIGTERM/SIGINT: finish the current step, save, then stop (a second signal acts as usual).
+
+    Under DDP every rank must stop at the same step, so ``should_stop`` takes the maximum over ranks.
+    """
 
     def __init__(self):
-        self.requested = False
+        self.signum = 0
         self._previous = {}
 
     def __enter__(self):
@@ -200,15 +214,28 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def should_stop(self, runtime: "Runtime") -> bool:
+        if not runtime.dist.distributed:
+            return self.signum != 0
+        flag = torch.tensor([float(self.signum)], device=runtime.device)
+        all_reduce_max(flag)
+        self.signum = int(flag.item())
+        return self.signum != 0
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-# --------------------------------------------------------------------------------------------- training
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
 @dataclass
 class TrainResult:
     global_step: int
@@ -216,7 +243,7 @@ class TrainResult:
     final_loss: float            # mean loss of the last logging window
     e2e_train_time: float        # seconds, from the first batch to the end of the last step
     training_sequences_per_second: float  # all ranks together
-    stopped_early: bool = False  # a signal asked the run to stop
+    stopped_by_signal: int = 0   # the signal number that asked the run to stop early (0: it ran to the end)
 
 
 def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Runtime, logger: DLLogger,
@@ -303,8 +330,9 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                 window_steps += 1
                 bar.update(1)
 
-                done = step >= total_steps or stop.requested
+                done = step >= total_steps or stop.should_stop(runtime)
                 if (logging_steps and step % logging_steps == 0) or done:
+                    all_reduce_mean(window_loss)  # every rank's loss, not rank 0's alone
                     loss_value = window_loss.item() / max(1, window_steps)  # the one host sync per window
                     now = time.perf_counter()
                     rate = window_sequences * world / max(now - window_start, 1e-9)
@@ -325,7 +353,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                     model.train()
                 if done:
                     break
-            if step >= total_steps or stop.requested:
+            if step >= total_steps or stop.signum:
                 break
         elapsed = time.perf_counter() - start
         sequences += window_sequences
@@ -333,12 +361,12 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
     result = TrainResult(global_step=step, average_loss=total_loss / max(1, step), final_loss=last_window_loss,
                          e2e_train_time=elapsed,
                          training_sequences_per_second=sequences * world / max(elapsed, 1e-9),
-                         stopped_early=stop.requested)
+                         stopped_by_signal=stop.signum)
     logger.log([], {"e2e_train_time": result.e2e_train_time,
                     "training_sequences_per_second": result.training_sequences_per_second,
                     "final_loss": result.final_loss, "average_loss": result.average_loss,
                     "global_step": result.global_step})
-    if stop.requested:
+    if stop.signum:
         console("stop requested: finished the current step; saving and exiting", runtime.is_main)
     model.eval()
     return result
@@ -360,17 +388,19 @@ def predict(model: torch.nn.Module, features: Sequence[Feature], runtime: Runtim
     """Run the model over ``features`` in order; yield (feature index range, outputs on CPU in float32).
 
     Only the model inputs among a feature's keys should be collated (use ``drop_keys`` on the collator
-    for bookkeeping keys). Runs on the calling rank alone, on the plain (unwrapped) model.
+    for bookkeeping keys). Runs on the calling rank alone, on the plain (unwrapped) model, compiled
+    in graph mode.
     """
     collate = collate or PaddingCollator()
     plain = unwrap(model)
     plain.to(runtime.device)
     plain.eval()
+    forward = dev.compile_for_mode(plain, runtime.kind, runtime.mode)
     for start in range(0, len(features), batch_size):
         chunk = features[start:start + batch_size]
         batch = _to_device(collate(list(chunk)), runtime.device)
         with dev.autocast(runtime.kind, runtime.precision):
-            outputs = plain(**batch)
+            outputs = forward(**batch)
         dev.mark_step(runtime.kind, runtime.mode)
         host = {k: v.float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
         yield range(start, start + len(chunk)), host
@@ -388,11 +418,26 @@ def save_model(model: torch.nn.Module, tokenizer, output_dir, runtime: Runtime) 
         output_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir.parent))
         try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the training log
             unwrap(model).save_pretrained(staging, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
+                _write_vocab_txt(tokenizer, staging)
             for item in staging.iterdir():
                 os.replace(item, output_dir / item.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     barrier()
+
+
+def _write_vocab_txt(tokenizer, directory: Path) -> None:
+    """vocab.txt beside tokenizer.json (transformers 5 writes only the latter), so that tools reading a
+    WordPiece vocab (--vocab_file, BERT tokenizers of older transformers) can use the folder too."""
+    target = directory / "vocab.txt"
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if target.exists() or not vocab or sorted(vocab.values()) != list(range(len(vocab))):
+        return
+    by_id = sorted(vocab, key=vocab.get)
+    target.write_text("".join(token + "\n" for token in by_id), encoding="utf-8")
