@@ -10,7 +10,9 @@
     dllogger.json            training loss/learning rate/throughput and every --eval_steps evaluation
 
 Bad input (missing TSV, a row with the wrong number of columns, a label outside the task's set, an
-unusable model or device) ends with one line on stderr and exit status 2; --debug shows the traceback.
+unusable model or device) ends with one ``error:`` line on stderr and exit status 2, before anything is
+written; --debug shows the traceback. SIGTERM/SIGINT during training: the step finishes, the model is
+saved, evaluation is skipped and the exit status is 128 + the signal number.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def run(args) -> int:
     except BAD_INPUT as err:
         if getattr(args, "debug", False):
             raise
-        print(f"run_glue: error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
 
@@ -55,10 +57,16 @@ def _check_arguments(args, processor: GlueProcessor) -> None:
         raise GlueDataError(f"--data_dir {args.data_dir}: no such folder")
     if args.max_seq_length < 8:
         raise GlueDataError(f"--max_seq_length {args.max_seq_length}: too short for [CLS] a [SEP] b [SEP]")
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, flag) < 1:
+            raise GlueDataError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    if args.do_train and args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise GlueDataError(f"--num_train_epochs {args.num_train_epochs}: must be positive (or set --max_steps)")
     output_dir = Path(args.output_dir)
-    if args.do_train and not args.overwrite_output_dir and (output_dir / "model.safetensors").exists():
-        raise GlueDataError(f"--output_dir {output_dir} already holds a fine-tuned model; pass "
-                            f"--overwrite_output_dir or choose another folder")
+    if args.do_train and not args.overwrite_output_dir and any(
+            (output_dir / name).exists() for name in ("config.json", "model.safetensors", "pytorch_model.bin")):
+        raise GlueDataError(f"--output_dir {output_dir} already holds a model; pass --overwrite_output_dir "
+                            f"to replace it")
 
 
 def _read(processor: GlueProcessor, data_dir: str, split: str, limit: Optional[int]) -> List[InputExample]:
@@ -97,8 +105,10 @@ def _run(args) -> int:
                        "max_seq_length": args.max_seq_length, "seed": args.seed})
     console(f"{processor.name}: {loaded.source}; {len(train_examples)} train / {len(dev_examples)} dev / "
             f"{len(test_examples)} test pairs", runtime.is_main)
-    # Pad each batch to its longest pair; rounding up to a multiple of 8 helps GPU/HPU tiles, not CPU kernels.
-    collate = loop.PaddingCollator(pad_token_id=tokenizer.pad_token_id, multiple_of=1 if runtime.kind == "cpu" else 8)
+    # Pad each batch to its longest pair (rounded up to a multiple of 8 for GPU tiles; CPU kernels gain nothing
+    # from it); HPU graphs want one shape, so there every batch is padded to --max_seq_length.
+    collate = loop.PaddingCollator(pad_token_id=tokenizer.pad_token_id, multiple_of=1 if runtime.kind == "cpu" else 8,
+                                   fixed_length=args.max_seq_length if runtime.kind == "hpu" else None)
     dev_features = tokenize_examples(dev_examples, tokenizer, processor, args.max_seq_length)
 
     def evaluate_during_training(trained_model, step: int) -> Dict[str, float]:
@@ -120,6 +130,10 @@ def _run(args) -> int:
                             batch_sampler=batch_sampler)
         global_step = result.global_step
         loop.save_model(model, tokenizer, output_dir, runtime)
+        if result.stopped_by_signal:  # saved; skip evaluation and report the interruption like a shell
+            logger.close()
+            loop.finish(runtime)
+            return 128 + result.stopped_by_signal
 
     if args.do_eval and runtime.is_main:
         metrics = evaluate(model, dev_features, processor, runtime, args.per_device_eval_batch_size, collate)

@@ -156,7 +156,7 @@ def test_missing_tsv_exits_2(tmp_path, vocab, capsys):
     (data_dir / "train.tsv").write_text(MRPC_HEADER + "1\t1\t2\ta .\tb .\n", encoding="utf-8")
     status = run_glue.main(base_argv(data_dir, tmp_path / "out", vocab, "--do_train", "--do_eval"))
     assert status == 2
-    assert one_error_line(capsys) == f"run_glue: error: {data_dir / 'dev.tsv'}: file not found"
+    assert one_error_line(capsys) == f"error: {data_dir / 'dev.tsv'}: file not found"
     assert not (tmp_path / "out").exists()  # failed before writing anything
 
 
@@ -164,7 +164,7 @@ def test_wrong_column_count_exits_2_with_file_and_line(tmp_path, vocab, capsys):
     rows = [["1", "1", "2", "a .", "b ."], ["0", "1", "2", "a .", "b .", "extra"]]
     data_dir = write_mrpc(tmp_path / "MRPC", rows)
     assert run_glue.main(base_argv(data_dir, tmp_path / "out", vocab, "--do_train")) == 2
-    assert one_error_line(capsys) == (f"run_glue: error: {data_dir / 'train.tsv'}:3: expected 5 tab-separated "
+    assert one_error_line(capsys) == (f"error: {data_dir / 'train.tsv'}:3: expected 5 tab-separated "
                                       f"columns, found 6")
 
 
@@ -172,7 +172,7 @@ def test_label_outside_0_1_exits_2(tmp_path, vocab, capsys):
     rows = [["1", "1", "2", "a .", "b ."], ["1", "1", "2", "a .", "b ."], ["yes", "1", "2", "a .", "b ."]]
     data_dir = write_mrpc(tmp_path / "MRPC", rows)
     assert run_glue.main(base_argv(data_dir, tmp_path / "out", vocab, "--do_eval")) == 2
-    assert one_error_line(capsys) == (f"run_glue: error: {data_dir / 'dev.tsv'}:4: label 'yes' is not one of "
+    assert one_error_line(capsys) == (f"error: {data_dir / 'dev.tsv'}:4: label 'yes' is not one of "
                                       f"{{0, 1}}")
 
 
