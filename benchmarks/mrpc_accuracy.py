@@ -21,6 +21,8 @@ import csv
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipe_epochs", type=float, default=RECIPE["num_train_epochs"])
     parser.add_argument("--recipe_warmup", type=float, default=RECIPE["warmup_proportion"])
     parser.add_argument("--recipe_seeds", type=int, nargs="+", default=list(RECIPE_SEEDS))
+    parser.add_argument("--side_by_side", action="store_true",
+                        help="recipe: run the seeds as parallel processes, --threads threads each")
+    parser.add_argument("--eval_steps", type=int, default=0, help="ours: also score dev every N steps (in its log)")
     return parser
 
 
@@ -88,11 +93,9 @@ class Clock:
 
 
 # ---------------------------------------------------------------------------------------------- ours
-def run_ours(opts, output_dir: Path, seed: int, learning_rate: float, epochs: float, warmup_proportion: float = 0.0,
-             do_predict: bool = False) -> Tuple[Dict[str, float], "Clock"]:
-    """Fine-tune + evaluate through finetuning.run_glue's own parser and engine; (eval_results, clock)."""
-    from finetuning import glue_task, run_glue
-
+def ours_argv(opts, output_dir: Path, seed: int, learning_rate: float, epochs: float, warmup_proportion: float = 0.0,
+              do_predict: bool = False) -> List[str]:
+    """finetuning.run_glue arguments for one of our runs."""
     argv = ["--task_name", "mrpc", "--model_name_or_path", opts.model, "--data_dir", opts.data_dir,
             "--output_dir", str(output_dir), "--overwrite_output_dir", "--do_train", "--do_eval",
             "--device", "cpu", "--data_type", "fp32", "--mode", "eager",
@@ -100,21 +103,57 @@ def run_ours(opts, output_dir: Path, seed: int, learning_rate: float, epochs: fl
             "--max_seq_length", str(opts.max_seq_length), "--learning_rate", str(learning_rate),
             "--num_train_epochs", str(epochs), "--warmup_proportion", str(warmup_proportion),
             "--seed", str(seed), "--max_steps", str(opts.max_steps), "--logging_steps", "50",
-            "--disable_progress_bar"]
+            "--eval_steps", str(opts.eval_steps), "--disable_progress_bar"]
     if opts.max_train_samples:
         argv += ["--max_train_samples", str(opts.max_train_samples)]
     if opts.group_by_length:
         argv.append("--group_by_length")
     if do_predict:
         argv.append("--do_predict")
-    args = run_glue.build_parser().parse_args(argv)
+    return argv
+
+
+def read_results(output_dir: Path) -> Dict[str, float]:
+    with open(output_dir / "eval_results.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def run_ours(opts, output_dir: Path, seed: int, learning_rate: float, epochs: float, warmup_proportion: float = 0.0,
+             do_predict: bool = False) -> Tuple[Dict[str, float], "Clock"]:
+    """Fine-tune + evaluate in this process through finetuning.run_glue's parser and engine."""
+    from finetuning import glue_task, run_glue
+
+    args = run_glue.build_parser().parse_args(
+        ours_argv(opts, output_dir, seed, learning_rate, epochs, warmup_proportion, do_predict))
     clock = Clock()
     status = glue_task.run(args)
     clock.stop()
     if status != 0:
         raise SystemExit(f"ours: finetuning.glue_task.run returned {status}")
-    with open(output_dir / "eval_results.json", encoding="utf-8") as handle:
-        return json.load(handle), clock
+    return read_results(output_dir), clock
+
+
+def run_ours_side_by_side(opts, runs: List[Tuple[Path, int]], learning_rate: float, epochs: float,
+                          warmup_proportion: float) -> List[Tuple[Dict[str, float], float]]:
+    """One `python -m finetuning.run_glue` process per (output_dir, seed), all at once, each with
+    --threads threads; returns (eval_results, wall seconds) per run. Logs go to <output_dir>.log."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    started = []
+    for output_dir, seed in runs:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        log = open(f"{output_dir}.log", "w", encoding="utf-8")
+        argv = ours_argv(opts, output_dir, seed, learning_rate, epochs, warmup_proportion, do_predict=True)
+        started.append((subprocess.Popen([sys.executable, "-m", "finetuning.run_glue", *argv], env=env,
+                                         stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), log))
+    results = []
+    for (output_dir, seed), (process, start, log) in zip(runs, started):
+        status = process.wait()
+        seconds = time.perf_counter() - start
+        log.close()
+        if status != 0:
+            raise SystemExit(f"ours, seed {seed}: finetuning.run_glue exited {status} (see {output_dir}.log)")
+        results.append((read_results(output_dir), seconds))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- Trainer
@@ -209,17 +248,24 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run_recipe(opts, scratch: Path) -> int:
-    accuracies = []
     print(f"recipe: lr {opts.recipe_learning_rate:g}, epochs {opts.recipe_epochs:g}, warm-up {opts.recipe_warmup:g} "
           f"of the steps, batch {opts.batch_size}, seq {opts.max_seq_length}, fp32, per-batch padding"
-          f"{', grouped by length' if opts.group_by_length else ''}", flush=True)
-    for seed in opts.recipe_seeds:
-        out = scratch / f"recipe-seed{seed}"
-        metrics, clock = run_ours(opts, out, seed, opts.recipe_learning_rate, opts.recipe_epochs, opts.recipe_warmup,
-                                  do_predict=True)
+          f"{', grouped by length' if opts.group_by_length else ''}; seeds {opts.recipe_seeds}"
+          f"{' side by side' if opts.side_by_side else ''}", flush=True)
+    runs = [(scratch / f"recipe-seed{seed}", seed) for seed in opts.recipe_seeds]
+    if opts.side_by_side:
+        outcomes = run_ours_side_by_side(opts, runs, opts.recipe_learning_rate, opts.recipe_epochs, opts.recipe_warmup)
+    else:
+        outcomes = []
+        for out, seed in runs:
+            metrics, clock = run_ours(opts, out, seed, opts.recipe_learning_rate, opts.recipe_epochs,
+                                      opts.recipe_warmup, do_predict=True)
+            outcomes.append((metrics, clock.wall))
+    accuracies = []
+    for (out, seed), (metrics, seconds) in zip(runs, outcomes):
         accuracies.append(metrics["accuracy"])
-        print(f"recipe seed {seed}: dev accuracy {pct(metrics['accuracy'])}  F1 {pct(metrics['f1'])}  {clock}",
-              flush=True)
+        print(f"recipe seed {seed}: dev accuracy {pct(metrics['accuracy'])}  F1 {pct(metrics['f1'])}  "
+              f"wall {seconds:.0f} s", flush=True)
         print("  " + check_test_predictions(out / "test_results_mrpc.tsv", Path(opts.data_dir) / "test.tsv"),
               flush=True)
     mean = statistics.mean(accuracies)
