@@ -79,8 +79,16 @@ def test_tiny_model_trains_on_real_mrpc_rows_and_writes_all_outputs(tmp_path, sh
     assert [r["step"][1] for r in records if "eval_accuracy" in r["data"] and r["step"]] == [2]
 
 
-def test_learns_a_separable_synthetic_task_and_predicts_in_test_order(tmp_path):
-    """Label 1 exactly when the second sentence starts with 'yes': a tiny model must get dev right."""
+def test_learns_a_separable_synthetic_task_and_predicts_in_test_order(tmp_path, monkeypatch):
+    """Label 1 exactly when the second sentence starts with 'yes': a tiny model must get dev right.
+    Batches are padded to their longest pair, never to --max_seq_length."""
+    from finetuning import loop
+
+    widths = []
+    collate = loop.PaddingCollator.__call__
+    monkeypatch.setattr(loop.PaddingCollator, "__call__",
+                        lambda self, features: widths.append(collate(self, features)["input_ids"].shape[1])
+                        or collate(self, features))
     words = ["red", "blue", "green", "stone", "river", "cloud", "house", "tree"]
     small_vocab = tmp_path / "vocab.txt"  # a 16-token vocabulary keeps the model (and the test) small
     small_vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yes", "no", "."] + words) + "\n")
@@ -99,6 +107,8 @@ def test_learns_a_separable_synthetic_task_and_predicts_in_test_order(tmp_path):
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["accuracy"] == 1.0 and results["f1"] == 1.0
     assert read_tsv(tmp_path / "out" / "test_results_mrpc.tsv") == [["index", "prediction"], ["7", "1"], ["3", "0"]]
+    # pairs here are 8 to 13 tokens long: every batch is that wide, not 128
+    assert widths and max(widths) <= 13 and min(widths) >= 8
 
 
 def test_length_sorted_evaluation_matches_plain_order(tmp_path, vocab):
