@@ -244,3 +244,20 @@ def test_pretraining_checkpoint_fine_tunes_on_mrpc(tmp_path, shared_data, vocab)
         moved = (saved[key] - start).abs().max().item()
         assert 0.0 < moved < 1e-3, (key, moved)  # 3 AdamW steps of 1e-4 from the checkpoint, not a fresh init
     assert saved["classifier.weight"].shape == (2, 32)
+
+
+def test_stop_signal_saves_skips_evaluation_and_exits_128_plus_signal(tmp_path, vocab, monkeypatch):
+    from finetuning import loop
+
+    real_train = loop.train
+
+    def interrupted(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        result.stopped_by_signal = 15  # as if SIGTERM arrived during the last step
+        return result
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    data_dir = write_mrpc(tmp_path / "MRPC", [["1", "1", "2", "a b .", "b ."], ["0", "3", "4", "c .", "d e ."]])
+    out = tmp_path / "out"
+    assert run_glue.main(base_argv(data_dir, out, vocab, "--do_train", "--do_eval", "--max_steps", "1")) == 128 + 15
+    assert (out / "model.safetensors").is_file() and not (out / "eval_results.json").exists()
