@@ -69,7 +69,7 @@ class GlueProcessor:
 
     name = ""
     labels: Optional[Tuple[str, ...]] = None  # None: regression (STS-B)
-    metric = "accuracy"                       # key of glue_metrics.TASK_METRICS
+    metric = "accuracy"                       # a metric name of glue_metrics.task_metrics
     # column indices (negative counts from the end) in train/dev and in test rows
     text_a_col = 0
     text_b_col: Optional[int] = None
