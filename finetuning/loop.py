@@ -43,7 +43,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from central import device as dev
 from central.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, teardown
@@ -103,7 +103,7 @@ class PaddingCollator:
     ``fixed_length`` pads every batch to the same length instead (static shapes for HPU graphs).
     Sequence keys: list / tuple / numpy values (padded with ``pad_token_id`` for input_ids, else 0);
     an ``attention_mask`` is made from the lengths when the features carry none.
-    Output shapes: [B, L] int64 for sequences, [B] int64 for scalars.
+    Output shapes: [B, L] int64 for sequences, [B] int64 for integer scalars (float32 for float ones).
     """
 
     def __init__(self, pad_token_id: int = 0, multiple_of: int = 8, fixed_length: Optional[int] = None,
@@ -130,8 +130,9 @@ class PaddingCollator:
                 for row, feature in zip(rows, features):
                     row[:len(feature[key])] = feature[key]
                 batch[key] = torch.from_numpy(rows)
-            else:
-                batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+            else:  # class ids -> int64; regression targets (floats, e.g. STS-B scores) -> float32
+                dtype = torch.float if isinstance(features[0][key], float) else torch.long
+                batch[key] = torch.tensor([f[key] for f in features], dtype=dtype)
         if "input_ids" in sequence_keys and "attention_mask" not in batch:
             # 1 over each feature's real tokens, 0 over the padding: [B, L]
             batch["attention_mask"] = (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long()
@@ -195,10 +196,13 @@ def _wrap_for_training(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Mod
 
 
 class _StopRequest:
-    """SIGTERM/SIGINT: finish the current step, save, then stop (a second signal acts as usual)."""
+    """SIGTERM/SIGINT: finish the current step, save, then stop (a second signal acts as usual).
+
+    Under DDP every rank must stop at the same step, so ``should_stop`` takes the maximum over ranks.
+    """
 
     def __init__(self):
-        self.requested = False
+        self.signum = 0
         self._previous = {}
 
     def __enter__(self):
@@ -210,15 +214,28 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def should_stop(self, runtime: "Runtime") -> bool:
+        if not runtime.dist.distributed:
+            return self.signum != 0
+        flag = torch.tensor([float(self.signum)], device=runtime.device)
+        all_reduce_max(flag)
+        self.signum = int(flag.item())
+        return self.signum != 0
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-# --------------------------------------------------------------------------------------------- training
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
 @dataclass
 class TrainResult:
     global_step: int
@@ -226,17 +243,20 @@ class TrainResult:
     final_loss: float            # mean loss of the last logging window
     e2e_train_time: float        # seconds, from the first batch to the end of the last step
     training_sequences_per_second: float  # all ranks together
-    stopped_early: bool = False  # a signal asked the run to stop
+    stopped_by_signal: int = 0   # the signal number that asked the run to stop early (0: it ran to the end)
 
 
 def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Runtime, logger: DLLogger,
           collate: Optional[Callable] = None, eval_callback: Optional[Callable[[torch.nn.Module, int], dict]] = None,
-          save_callback: Optional[Callable[[torch.nn.Module, str], None]] = None) -> TrainResult:
+          save_callback: Optional[Callable[[torch.nn.Module, str], None]] = None,
+          batch_sampler: Optional[torch.utils.data.Sampler] = None) -> TrainResult:
     """Fine-tune ``model`` (moved to the runtime's device, trained in place) on ``features``.
 
     eval_callback(plain_model, step) -> metrics dict, run every ``args.eval_steps`` steps when given.
     save_callback(plain_model, directory) writes a checkpoint every ``args.save_steps`` steps
     (default: ``save_model`` without a tokenizer) into ``<output_dir>/checkpoint-<step>``.
+    batch_sampler (single process only) replaces the random sampler: it yields lists of feature
+    indices per batch (e.g. length-grouped batches); its ``set_epoch(epoch)`` is called if it has one.
     """
     set_seed(args.seed)
     collate = collate or PaddingCollator()
@@ -251,8 +271,13 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                                      shuffle=True, seed=args.seed)
     else:
         sampler = RandomSampler(features, generator=torch.Generator().manual_seed(args.seed))
-    loader = DataLoader(features, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        pin_memory=runtime.kind == "cuda", drop_last=False)
+    if batch_sampler is not None and not runtime.dist.distributed:
+        sampler = batch_sampler
+        loader = DataLoader(features, batch_sampler=batch_sampler, collate_fn=collate,
+                            pin_memory=runtime.kind == "cuda")
+    else:
+        loader = DataLoader(features, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                            pin_memory=runtime.kind == "cuda", drop_last=False)
     steps_per_epoch = max(1, len(loader) // accumulation)
     if args.max_steps > 0:
         total_steps = args.max_steps
@@ -278,7 +303,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
     sequences = 0
     with _StopRequest() as stop:
         for epoch in range(epochs):
-            if isinstance(sampler, DistributedSampler):
+            if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             for batch in loader:
                 micro += 1
@@ -305,7 +330,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                 window_steps += 1
                 bar.update(1)
 
-                done = step >= total_steps or stop.requested
+                done = step >= total_steps or stop.should_stop(runtime)
                 if (logging_steps and step % logging_steps == 0) or done:
                     all_reduce_mean(window_loss)  # every rank's loss, not rank 0's alone
                     loss_value = window_loss.item() / max(1, window_steps)  # the one host sync per window
@@ -328,7 +353,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                     model.train()
                 if done:
                     break
-            if step >= total_steps or stop.requested:
+            if step >= total_steps or stop.signum:
                 break
         elapsed = time.perf_counter() - start
         sequences += window_sequences
@@ -336,12 +361,12 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
     result = TrainResult(global_step=step, average_loss=total_loss / max(1, step), final_loss=last_window_loss,
                          e2e_train_time=elapsed,
                          training_sequences_per_second=sequences * world / max(elapsed, 1e-9),
-                         stopped_early=stop.requested)
+                         stopped_by_signal=stop.signum)
     logger.log([], {"e2e_train_time": result.e2e_train_time,
                     "training_sequences_per_second": result.training_sequences_per_second,
                     "final_loss": result.final_loss, "average_loss": result.average_loss,
                     "global_step": result.global_step})
-    if stop.requested:
+    if stop.signum:
         console("stop requested: finished the current step; saving and exiting", runtime.is_main)
     model.eval()
     return result

@@ -24,6 +24,7 @@ tokenizer, lower-casing unless ``--do_lower_case false``). Attention runs throug
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -159,8 +160,9 @@ def _hub_model(name: str, model_class, overrides: dict, cache_dir, vocab_file, d
     instead = ("pass a local model folder (config.json + model.safetensors + vocab.txt), a pre-training "
                "ckpt_N.pt, or a preset (tiny, mini) with --vocab_file")
     try:
-        model = model_class.from_pretrained(name, attn_implementation=ATTENTION, cache_dir=cache_dir,
-                                            local_files_only=offline, **overrides)
+        with _quiet_hub_logs():  # connection retries would print many lines before our one-line error
+            model = model_class.from_pretrained(name, attn_implementation=ATTENTION, cache_dir=cache_dir,
+                                                local_files_only=offline, **overrides)
         if vocab_file:
             tokenizer = tokenizer_from_vocab(vocab_file, do_lower_case)
         else:
@@ -200,7 +202,7 @@ def load_model(name_or_path: str, model_class: Type, vocab_file: Optional[str] =
     if path.is_file() and path.suffix == ".json":
         try:
             config = BertConfig.from_json_file(path)
-        except (OSError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError, AttributeError) as err:  # unreadable, not JSON, not an object
             raise ModelLoadError(f"{FLAG} {path}: not a readable bert_config.json ({_first_line(err)})")
         tokenizer = _require_vocab(vocab_file or _sibling_vocab(path), f"{path} (a bert_config.json)", do_lower_case)
         if config.vocab_size < len(tokenizer):
@@ -228,6 +230,21 @@ def load_model(name_or_path: str, model_class: Type, vocab_file: Optional[str] =
 
     model, tokenizer = _hub_model(name, model_class, config_overrides, cache_dir, vocab_file, do_lower_case)
     return LoadedModel(model, tokenizer, f"hub {name}")
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs():
+    import huggingface_hub.utils.logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    levels = hub_logging.get_verbosity(), hf_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(levels[0])
+        hf_logging.set_verbosity(levels[1])
 
 
 def _sibling_vocab(path: Path) -> Optional[str]:

@@ -22,7 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(max_seq_length=128, learning_rate=2e-5, num_train_epochs=3.0)
     parser.add_argument("--task_name", required=True, type=str.lower, help="GLUE task (mrpc, ...)")
     parser.add_argument("--do_predict", action="store_true", help="write test-set predictions (GLUE format)")
-    parser.add_argument("--eval_steps", type=int, default=0, help="evaluate on dev every N steps (0: at the end)")
+    parser.add_argument("--eval_steps", type=int, default=0,
+                        help="with --do_eval, also evaluate on dev every N steps during training (0: only at the end)")
+    parser.add_argument("--group_by_length", action="store_true",
+                        help="form training batches of similar length (less padding; single process only)")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training rows")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="use only the first N dev rows")
+    parser.add_argument("--max_predict_samples", type=int, default=None, help="use only the first N test rows")
     return parser
 
 

@@ -24,6 +24,7 @@ PathLike = Union[str, Path]
 VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias")
 DECODER_WEIGHT = "cls.predictions.decoder.weight"
 DECODER_BIAS = "cls.predictions.decoder.bias"
+BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Prefixes that wrappers add to state-dict keys: DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -70,14 +71,15 @@ def to_hf_state_dict(our_state_dict: Mapping[str, torch.Tensor], config: BertCon
 def from_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: BertConfig) -> Dict[str, torch.Tensor]:
     """transformers.BertForPreTraining's state dict -> ours (vocab rows zero-padded to a multiple of 8).
 
-    Keys of heads we do not have are dropped (decoder copies, position_ids buffers of old exports).
+    Entries we do not store are dropped: the tied decoder copies and the position_ids /
+    token_type_ids buffers that older transformers versions saved.
     """
     state = strip_wrapper_prefixes(hf_state_dict)
     if "cls.predictions.bias" not in state and DECODER_BIAS in state:
         state["cls.predictions.bias"] = state[DECODER_BIAS]
     padded = padded_vocab_size(config.vocab_size)
     ours = {key: value for key, value in state.items()
-            if key not in (DECODER_WEIGHT, DECODER_BIAS) and not key.endswith("position_ids")}
+            if key not in (DECODER_WEIGHT, DECODER_BIAS) and not key.endswith(BUFFER_SUFFIXES)}
     for key in VOCAB_KEYS:
         value = _vocab_rows(state, key)
         if value.shape[0] != config.vocab_size:

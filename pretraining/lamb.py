@@ -97,21 +97,22 @@ class Lamb(torch.optim.Optimizer):
             correction2 = 1.0 - beta2 ** step
         else:
             correction1 = correction2 = 1.0
-        # u = (m / c1) / (sqrt(v / c2) + eps)
+        # (m / c1) / (sqrt(v / c2) + eps) == (m * sqrt(c2) / c1) / (sqrt(v) + eps * sqrt(c2)):
+        # the corrections become scalars folded into other kernels (fewer passes over the state).
+        root2 = math.sqrt(correction2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, math.sqrt(correction2))
-        torch._foreach_add_(denom, group["eps"])
-        updates = torch._foreach_div(exp_avgs, denom)
-        del denom
-        torch._foreach_div_(updates, correction1)
-
+        torch._foreach_add_(denom, group["eps"] * root2)
         weight_decay = group["weight_decay"]
-        if weight_decay != 0:
-            torch._foreach_add_(updates, params, alpha=weight_decay)
-            w_norms = torch.stack(torch._foreach_norm(params))
-            u_norms = torch.stack(torch._foreach_norm(updates))
-            ratios = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.ones_like(w_norms))
-            torch._foreach_mul_(updates, list(ratios.to(params[0].dtype).unbind(0)))
+        if weight_decay == 0:  # no decay, no trust ratio: w -= lr * u in one kernel
+            torch._foreach_addcdiv_(params, exp_avgs, denom, value=-group["lr"] * root2 / correction1)
+            return
+        updates = torch._foreach_mul(params, weight_decay)  # u = wd * w + (m * sqrt(c2) / c1) / denom
+        torch._foreach_addcdiv_(updates, exp_avgs, denom, value=root2 / correction1)
+        del denom
+        w_norms = torch.stack(torch._foreach_norm(params))
+        u_norms = torch.stack(torch._foreach_norm(updates))
+        ratios = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.ones_like(w_norms))
+        torch._foreach_mul_(updates, list(ratios.to(params[0].dtype).unbind(0)))
         torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from central.checkpoint import list_checkpoints
 from pretraining.bert_config import PRESETS, BertConfig, count_vocab
 from pretraining.dataset import ShardError, ShardShape, check_layout, list_training_files
 
@@ -72,13 +73,13 @@ def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) 
     return config, vocab
 
 
-def _check_writable(directory: Path) -> None:
+def _check_writable(directory: Path, flag: str = "--output_dir") -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as err:
-        raise BadInputError(f"--output_dir {directory}: not writable ({err.strerror or err})") from None
+        raise BadInputError(f"{flag} {directory}: not writable ({err.strerror or err})") from None
 
 
 def plan_run(args) -> RunPlan:
@@ -113,7 +114,13 @@ def plan_run(args) -> RunPlan:
 
     output_dir = Path(args.output_dir)
     _check_writable(output_dir)
+    existing = list_checkpoints(output_dir)
+    if existing and not args.resume_from_checkpoint and not args.skip_checkpoint:
+        # A fresh run would interleave its checkpoints with these (and keep-last-3 would delete its own).
+        raise BadInputError(f"--output_dir {output_dir} already holds checkpoints (newest {existing[-1][1].name}): "
+                            f"add --resume_from_checkpoint to continue them, or use an empty folder")
     hf_export_dir = Path(args.hf_export_dir) if args.hf_export_dir else output_dir.parent / "hf_export"
+    _check_writable(hf_export_dir, "--hf_export_dir")
     return RunPlan(
         config=config, vocab_file=vocab, files=files, shape=shape,
         micro_batch=args.train_batch_size // args.gradient_accumulation_steps,

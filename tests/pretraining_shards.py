@@ -13,7 +13,10 @@ VOCAB_SIZE = 96  # entries in the written vocab.txt (tiny preset models take thi
 CLS, SEP, MASK = 2, 3, 4
 
 
-def shard_arrays(num_samples: int, seq_len: int, max_pred: int, vocab_size: int, seed: int) -> Dict[str, np.ndarray]:
+def shard_arrays(num_samples: int, seq_len: int, max_pred: int, vocab_size: int, seed: int,
+                 all_slots: bool = False) -> Dict[str, np.ndarray]:
+    """Random samples; ``all_slots``: every row uses all P masked slots (so per-micro-batch loss means
+    average to the big-batch mean)."""
     rng = np.random.default_rng(seed)
     input_ids = np.zeros((num_samples, seq_len), np.int32)
     input_mask = np.zeros((num_samples, seq_len), np.int8)
@@ -28,7 +31,7 @@ def shard_arrays(num_samples: int, seq_len: int, max_pred: int, vocab_size: int,
         input_ids[row, :length] = tokens
         input_mask[row, :length] = 1
         segment_ids[row, split:length] = 1
-        count = int(rng.integers(1, max_pred + 1))
+        count = max_pred if all_slots else int(rng.integers(1, max_pred + 1))
         chosen = np.sort(rng.choice(np.arange(1, length - 1), size=count, replace=False))
         positions[row, :count] = chosen
         masked_ids[row, :count] = tokens[chosen]
@@ -52,13 +55,14 @@ def write_vocab(path: Path, size: int = VOCAB_SIZE) -> Path:
 
 
 def make_dataset(folder: Path, num_files: int = 3, samples: int = 24, seq_len: int = 32, max_pred: int = 5,
-                 vocab_size: int = VOCAB_SIZE, seed: int = 0, sizes: Optional[list] = None) -> Path:
+                 vocab_size: int = VOCAB_SIZE, seed: int = 0, sizes: Optional[list] = None,
+                 all_slots: bool = False) -> Path:
     """``num_files`` shards named like the reference's (``*_training_<i>.hdf5``), a test shard and vocab.txt."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(num_files):
         count = sizes[index] if sizes else samples
         write_shard(folder / f"wiki_training_{index}.hdf5",
-                    shard_arrays(count, seq_len, max_pred, vocab_size, seed * 1000 + index))
+                    shard_arrays(count, seq_len, max_pred, vocab_size, seed * 1000 + index, all_slots))
     write_shard(folder / "wiki_test_0.hdf5", shard_arrays(4, seq_len, max_pred, vocab_size, seed + 999))
     write_vocab(folder / "vocab.txt", vocab_size)
     return folder

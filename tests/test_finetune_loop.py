@@ -97,23 +97,23 @@ def test_optimizer_skips_decay_on_biases_and_layernorm(tmp_path):
 def test_train_learns_logs_and_saves(tmp_path):
     from transformers import BertForQuestionAnswering
 
-    args = make_args(tmp_path, num_train_epochs=6.0, save_steps=20)
+    args = make_args(tmp_path, num_train_epochs=6.0, save_steps=10, learning_rate=3e-3)
     runtime = cpu_runtime()
-    model, features = qa_model(), toy_features()
+    model, features = qa_model(), toy_features(32)
     logger = loop.open_logger(args.output_dir, runtime)
     result = loop.train(model, features, args, runtime, logger)
     logger.close()
-    assert result.global_step == 6 * math.ceil(64 / 8) == 48
+    assert result.global_step == 6 * math.ceil(32 / 8) == 24
     records = read_dllogger(tmp_path / "out" / "dllogger.json")
     steps = [r for r in records if isinstance(r["step"], list) and len(r["step"]) == 2]
-    assert [r["step"][1] for r in steps] == list(range(2, 49, 2))
+    assert [r["step"][1] for r in steps] == list(range(2, 25, 2))
     assert all({"loss", "learning_rate", "sequences_per_second"} <= set(r["data"]) for r in steps)
     assert steps[-1]["data"]["learning_rate"] == 0.0 and steps[0]["data"]["learning_rate"] > 0
     assert steps[-1]["data"]["loss"] < 0.6 * steps[0]["data"]["loss"]   # it learns the toy task
     final = [r for r in records if r["step"] == []][-1]["data"]
     assert final["e2e_train_time"] > 0 and final["training_sequences_per_second"] > 0
-    assert (tmp_path / "out" / "checkpoint-20" / "config.json").is_file()
-    assert (tmp_path / "out" / "checkpoint-40" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "checkpoint-10" / "config.json").is_file()
+    assert (tmp_path / "out" / "checkpoint-20" / "model.safetensors").is_file()
 
     loop.save_model(model, None, tmp_path / "final", runtime)
     reloaded = BertForQuestionAnswering.from_pretrained(str(tmp_path / "final"))
@@ -175,3 +175,35 @@ def test_load_model_from_bert_config_json_and_errors(tmp_path, shared_data):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="cannot be loaded"):
         load_model(str(tmp_path / "bad.pt"), BertForSequenceClassification, vocab_file=str(vocab))
+
+
+def test_sigterm_finishes_the_step_then_stops(tmp_path):
+    import signal
+
+    inner = loop.PaddingCollator()
+    calls = []
+
+    def collate_then_signal(features):
+        calls.append(1)
+        if len(calls) == 3:  # arrives while the 3rd step is being prepared
+            os.kill(os.getpid(), signal.SIGTERM)
+        return inner(features)
+
+    before = signal.getsignal(signal.SIGTERM)
+    args = make_args(tmp_path, max_steps=10, logging_steps=0)
+    result = loop.train(qa_model(), toy_features(80), args, cpu_runtime(), loop.DLLogger(None, enabled=False),
+                        collate=collate_then_signal)
+    assert result.stopped_by_signal == signal.SIGTERM and result.global_step == 3
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+def test_load_model_rejects_a_json_that_is_not_a_config(tmp_path, shared_data):
+    from transformers import BertForQuestionAnswering
+
+    bad = tmp_path / "bert_config.json"
+    bad.write_text("[1, 2, 3]")
+    with pytest.raises(ModelLoadError, match="not a readable bert_config.json"):
+        load_model(str(bad), BertForQuestionAnswering,
+                   vocab_file=str(shared_data / "vocab" / "bert-base-uncased-vocab.txt"))
+    with pytest.raises(ModelLoadError, match="--vocab_file .*no such file"):
+        load_model("tiny", BertForQuestionAnswering, vocab_file=str(tmp_path / "missing.txt"))

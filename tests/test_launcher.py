@@ -363,12 +363,14 @@ def test_runner_passes_env_and_tees_to_the_log(tmp_path):
 
     log = tmp_path / "results" / "phase1.log"
     plan = launch.Plan((launch.Command("phase1", _python(
-        "import os, sys; print(os.environ['BERT_TEST_VAR']); print('to stderr', file=sys.stderr)"), str(log)),),
+        "import os, sys; sys.stdout.write(os.environ['BERT_TEST_VAR'] + '\\n'); sys.stdout.flush(); "
+        "sys.stderr.write('to stderr\\n')"), str(log)),),
         {"BERT_TEST_VAR": "seen"})
     out, err = io.BytesIO(), io.BytesIO()
     assert launch.run_plan(plan, stdout=out, stderr=err) == 0
     assert out.getvalue() == b"seen\n" and err.getvalue() == b"to stderr\n"
-    assert sorted(log.read_text().splitlines()) == ["seen", "to stderr"]
+    text = log.read_text()  # both streams, each write whole, in whatever order the pipes delivered them
+    assert "seen\n" in text and "to stderr\n" in text and len(text) == len("seen\nto stderr\n")
 
 
 def test_runner_reports_a_signal_death_as_128_plus_n():
@@ -417,3 +419,56 @@ def test_missing_pass_through_tool_is_one_line(monkeypatch, capsys):
     assert demo_bert.main(["report", "x"]) == 2
     assert capsys.readouterr().err == "demo_bert.py report: error: not available in this checkout " \
                                       "(central.run_report is missing)\n"
+
+
+def test_a_checkpoint_as_pretraining_model_starts_phase_one(shards, tmp_path):
+    ckpt = tmp_path / "ckpt_7.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(LaunchError, match="give --config_file"):
+        pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt))
+    one = flags_of(pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt), "--config_file",
+                                    "mini").commands[0])
+    assert (one.config_file, one.init_checkpoint, one.resume_step) == ("mini", str(ckpt), 7)
+    (tmp_path / "bert_config.json").write_text("{}")
+    one = flags_of(pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt)).commands[0])
+    assert one.config_file == str(tmp_path / "bert_config.json")
+
+
+def test_runner_does_not_wait_forever_for_orphans_holding_the_output(tmp_path):
+    import io
+    import time
+
+    # The command exits at once but leaves a background process that keeps its stdout open.
+    code = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])"
+    plan = launch.Plan((launch.Command("leaves-orphan", _python(code)),))
+    started = time.monotonic()
+    assert launch.run_plan(plan, stdout=io.BytesIO(), stderr=io.BytesIO()) == 0
+    assert time.monotonic() - started < 60
+
+
+def test_tail_keeps_the_last_bytes():
+    tail = launch._Tail(limit=10)
+    for chunk in (b"aaaa", b"bbbb", b"cccc", b"dd"):
+        tail.add(chunk)
+    assert tail.text().endswith("bbbbccccdd") and len(tail.text()) <= 14
+
+
+@pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
+def test_multi_node_plan_from_a_hostfile(shards, tmp_path, monkeypatch, launcher):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
+    plan = pretraining_plan(shards, tmp_path, "--hostfile", str(hostfile), "--process_per_node", "4",
+                            "--launcher", launcher, "--batch_size", "64", "8", "--accumulate_gradients")
+    assert plan.env["MASTER_ADDR"] == "node-a"
+    launcher_argv, _, flags = split_script(list(plan.commands[0].argv))
+    if launcher == "mpirun":
+        assert launcher_argv[:3] == ["mpirun", "-n", "8"]
+        assert launcher_argv[launcher_argv.index("--hostfile") + 1] == str(hostfile)
+        assert launcher_argv[launcher_argv.index("--map-by") + 1].startswith("ppr:4:node:PE=")
+    else:
+        assert "--nnodes=2" in launcher_argv and "--nproc_per_node=4" in launcher_argv
+        assert "--rdzv_endpoint=node-a:12345" in launcher_argv
+    # 8 ranks x 64 per device: 65536 / 512 = 128 accumulation steps, 8192 sequences per rank and step.
+    assert "--train_batch_size=8192" in flags and "--gradient_accumulation_steps=128" in flags

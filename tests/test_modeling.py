@@ -191,3 +191,86 @@ def test_bad_config_is_rejected():
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "num_attention_heads": 3}))
     with pytest.raises(ValueError, match="hidden_act"):
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "hidden_act": "nonsense"}))
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_flop_formula_of_the_benchmark_matches_executed_flops(ours):
+    """benchmarks/pretraining_throughput.py reports MFU from this formula: check it against a counter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.pretraining_throughput import matmul_flops_per_sequence
+
+    model = BertForPreTraining(TINY).eval() if ours else hf_twin(BertForPreTraining(TINY), "sdpa").eval()
+    input_ids, token_type_ids, attention_mask, positions, _, _ = make_batch(padded=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        if ours:
+            model(input_ids, token_type_ids, attention_mask, positions)
+        else:
+            model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    batch, seq_len = input_ids.shape
+    expected = batch * matmul_flops_per_sequence(TINY, seq_len, positions.shape[1], ours=ours)
+    assert counter.get_total_flops() == expected
+
+
+def test_loss_and_its_gradient_equal_torch_cross_entropy():
+    base = torch.randn(3, 4, 104, dtype=torch.float64)
+    logits = base[..., :101].clone().requires_grad_(True)  # as the model returns it: a column slice
+    reference = logits.detach().clone().requires_grad_(True)
+    ids = torch.randint(0, 101, (3, 4))
+    positions = torch.tensor([[3, 5, 0, 7], [1, 2, 4, 6], [0, 0, 0, 0]])
+    nsp_logits, nsp_labels = torch.randn(3, 2, dtype=torch.float64), torch.tensor([1, 0, 1])
+    mlm_loss = pretraining_loss(logits, ids, positions, nsp_logits, nsp_labels)[1]
+    labels = torch.where(valid_mlm_slots(positions), ids, -100).reshape(-1)
+    expected = torch.nn.functional.cross_entropy(reference.reshape(-1, 101), labels, ignore_index=-100)
+    torch.testing.assert_close(mlm_loss, expected)
+    (mlm_loss * 3).backward()
+    (expected * 3).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert torch.count_nonzero(logits.grad[2]) == 0 and torch.count_nonzero(logits.grad[0, 2:]) == 0
+    empty = pretraining_loss(logits, ids, torch.zeros(3, 4, dtype=torch.long), nsp_logits, nsp_labels)[1]
+    assert empty.item() == 0.0  # no valid slot: 0, not NaN
+
+
+def test_padding_is_masked_and_mask_none_means_unpadded():
+    model = BertForPreTraining(TINY).eval()
+    scramble(model, seed=2)
+    input_ids, token_type_ids, attention_mask, positions, _, _ = make_batch(padded=True)
+    with torch.no_grad():
+        reference = model(input_ids, token_type_ids, attention_mask, positions)
+        noisy = input_ids.clone()
+        noisy[attention_mask == 0] = 7  # what sits in padding slots must not matter
+        changed = model(noisy, token_type_ids, attention_mask, positions)
+        torch.testing.assert_close(changed[0], reference[0])
+        torch.testing.assert_close(changed[1], reference[1])
+        ones = torch.ones_like(attention_mask)
+        torch.testing.assert_close(model(input_ids, token_type_ids, None, positions)[0],
+                                   model(input_ids, token_type_ids, ones, positions)[0])
+        assert not torch.allclose(model(input_ids, token_type_ids, ones, positions)[0], reference[0])
+
+
+def test_benchmark_batch_search_and_report_lines(monkeypatch):
+    """The CUDA presets' logic (largest batch both models fit, one line per comparison), run on CPU
+    with a tiny shape; an out-of-memory error is simulated above batch 4."""
+    pytest.importorskip("transformers")
+    import benchmarks.pretraining_throughput as bench
+
+    monkeypatch.setitem(bench.PRESETS, "test-tiny", TINY)
+    monkeypatch.setitem(bench.PRESET_TABLE, "test-tiny", bench.Preset("test-tiny", "cpu", 16, 3, None, "fp32",
+                                                                      steps=2, goal="none"))
+    real_step_functions = bench.step_functions
+    tried = []
+
+    def limited(ours, hf, batch, *args):
+        tried.append(batch["input_ids"].shape[0])
+        if batch["input_ids"].shape[0] > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return real_step_functions(ours, hf, batch, *args)
+
+    monkeypatch.setattr(bench, "step_functions", limited)
+    args = bench.build_parser().parse_args(["--preset", "test-tiny", "--max_batch", "8", "--warmup", "0"])
+    lines = bench.run_preset("test-tiny", args)
+    assert tried[:2] == [8, 4]
+    assert len(lines) == 1 and "batch 4" in lines[0] and "ratio" in lines[0]
+    losses = [float(x) for x in lines[0].split("eval loss ours ")[1].split(" transformers ")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)  # same weights, same batch, same loss

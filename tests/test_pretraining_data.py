@@ -3,7 +3,6 @@ import re
 import threading
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ from pretraining import dataset as ds
 from pretraining.dataset import (DataPosition, ShardError, ShardShape, ShardStream, epoch_file_order,
                                  list_training_files, load_shard, rank_file, slots_per_epoch)
 from pretraining.run_pretraining import main
+from pretraining_runs import single_thread  # noqa: F401  (autouse fixture)
 from pretraining_shards import VOCAB_SIZE, make_dataset, shard_arrays, write_shard
 
 SHAPE = ShardShape(max_seq_length=32, max_predictions=5, vocab_size=VOCAB_SIZE)

@@ -1,0 +1,299 @@
+"""Pre-training throughput: our BertForPreTraining vs transformers.BertForPreTraining, same run, same batch.
+
+    python -m benchmarks.pretraining_throughput                    # CPU presets (+ CUDA ones on a GPU)
+    python -m benchmarks.pretraining_throughput --preset cpu-mini --steps 8 --optimizer adamw
+
+Both models get the same weights, the same batch (phase-1-like: 10% short sequences, ~15% of the
+tokens masked, NSP labels), the same optimizer (our multi-tensor LAMB by default, or torch's AdamW),
+the same precision, and run a full training step (forward, loss, backward, optimizer step) in
+train mode with dropout. Steps alternate between the two models (ours first on even rounds,
+transformers first on odd ones) so that load from other processes hits both alike; the median step
+time of each is reported. transformers uses attn_implementation="sdpa" and its own loss (labels
+over all positions, -100 elsewhere), as a user would run it.
+
+Presets (issue 3 item 10):
+    cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x
+    cpu-base        BERT-Base, seq 128, 20 predictions, batch 8, fp32                        goal >= 1.5x
+    cuda-large-128  BERT-Large, seq 128, 20 predictions, bf16, largest batch both fit        goal >= 2x, MFU >= 60%
+    cuda-large-512  BERT-Large, seq 512, 80 predictions, bf16, largest batch both fit
+CUDA presets print a skip line when no GPU is present. MFU counts the matmul FLOPs each model
+really executes (training = 3 x forward) against --peak_tflops (790 TFLOP/s: H100/H200 dense bf16).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from central.device import autocast
+from pretraining.bert_config import PRESETS, BertConfig
+from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
+from pretraining.lamb import Lamb, lamb_param_groups
+from pretraining.modeling import BertForPreTraining, padded_vocab_size, pretraining_loss
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: str
+    device: str
+    seq_len: int
+    predictions: int
+    batch: Optional[int]  # None: the largest power of two both models fit (CUDA)
+    precision: str
+    steps: int
+    goal: str
+
+
+PRESET_TABLE = {
+    "cpu-mini": Preset("mini", "cpu", 128, 20, 32, "fp32", steps=4, goal="ours >= 4x"),
+    "cpu-base": Preset("base", "cpu", 128, 20, 8, "fp32", steps=3, goal="ours >= 1.5x"),
+    "cuda-large-128": Preset("large", "cuda", 128, 20, None, "bf16", steps=10, goal="ours >= 2x, MFU >= 60%"),
+    "cuda-large-512": Preset("large", "cuda", 512, 80, None, "bf16", steps=10, goal="(no stated goal)"),
+}
+
+
+def phase1_like_batch(config: BertConfig, batch: int, seq_len: int, predictions: int, seed: int = 0):
+    """A batch shaped like create_pretraining_data output (zero padding, sorted masked positions)."""
+    gen = torch.Generator().manual_seed(seed)
+    first_word = min(999, config.vocab_size // 2)  # BERT vocabs: [PAD], [unused*], [CLS], ... end at 998
+    input_ids = torch.zeros(batch, seq_len, dtype=torch.long)
+    token_type_ids = torch.zeros(batch, seq_len, dtype=torch.long)
+    attention_mask = torch.zeros(batch, seq_len, dtype=torch.long)
+    positions = torch.zeros(batch, predictions, dtype=torch.long)
+    masked_ids = torch.zeros(batch, predictions, dtype=torch.long)
+    for row in range(batch):
+        short = torch.rand((), generator=gen) < 0.1  # short_seq_prob of the reference data tool
+        length = int(torch.randint(8, seq_len + 1, (), generator=gen)) if short else seq_len
+        input_ids[row, :length] = torch.randint(first_word, config.vocab_size, (length,), generator=gen)
+        split = int(torch.randint(2, length - 1, (), generator=gen))
+        token_type_ids[row, split:length] = 1
+        attention_mask[row, :length] = 1
+        count = min(predictions, max(1, round(length * 0.15)))
+        chosen = (torch.randperm(length - 2, generator=gen)[:count] + 1).sort().values
+        positions[row, :count] = chosen
+        masked_ids[row, :count] = input_ids[row, chosen]
+    nsp_labels = torch.randint(0, 2, (batch,), generator=gen)
+    hf_labels = torch.full((batch, seq_len), -100, dtype=torch.long)
+    for row in range(batch):
+        used = positions[row] != 0
+        hf_labels[row, positions[row][used]] = masked_ids[row][used]
+    return dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                positions=positions, masked_ids=masked_ids, nsp_labels=nsp_labels, hf_labels=hf_labels)
+
+
+def build_models(config: BertConfig, device: torch.device):
+    import transformers
+
+    torch.manual_seed(0)
+    ours = BertForPreTraining(config).to(device).train()
+    hf_config = to_hf_config(config)
+    hf_config._attn_implementation = "sdpa"
+    hf = transformers.BertForPreTraining(hf_config)
+    hf.load_state_dict(to_hf_state_dict(ours.state_dict(), config))  # the same starting weights
+    return ours, hf.to(device).train()
+
+
+def make_optimizer(name: str, model: torch.nn.Module, device: torch.device):
+    groups = lamb_param_groups(model, weight_decay=0.01)
+    if name == "lamb":
+        return Lamb(groups, lr=1e-4)
+    return torch.optim.AdamW(groups, lr=1e-4, fused=device.type in ("cuda", "cpu"))
+
+
+def step_functions(ours, hf, batch: dict, device: torch.device, precision: str, optimizer: str,
+                   compile_models: bool) -> Tuple[Callable[[], None], Callable[[], None]]:
+    ours_opt, hf_opt = make_optimizer(optimizer, ours, device), make_optimizer(optimizer, hf, device)
+    run_ours = torch.compile(ours) if compile_models else ours
+    run_hf = torch.compile(hf) if compile_models else hf
+    b = {key: value.to(device) for key, value in batch.items()}
+
+    def ours_step():
+        with autocast(device.type, precision):
+            mlm, nsp = run_ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"])
+            loss = pretraining_loss(mlm, b["masked_ids"], b["positions"], nsp, b["nsp_labels"])[0]
+        loss.backward()
+        ours_opt.step()
+        ours_opt.zero_grad(set_to_none=True)
+
+    def hf_step():
+        with autocast(device.type, precision):
+            loss = run_hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                          attention_mask=b["attention_mask"], labels=b["hf_labels"],
+                          next_sentence_label=b["nsp_labels"]).loss
+        loss.backward()
+        hf_opt.step()
+        hf_opt.zero_grad(set_to_none=True)
+
+    return ours_step, hf_step
+
+
+@torch.no_grad()
+def eval_losses(ours, hf, batch: dict, device: torch.device, precision: str) -> Tuple[float, float]:
+    """Both models' loss in eval mode on the batch: they must agree (same weights, same maths)."""
+    b = {key: value.to(device) for key, value in batch.items()}
+    ours.eval(), hf.eval()
+    with autocast(device.type, precision):
+        mlm, nsp = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"])
+        ours_loss = pretraining_loss(mlm, b["masked_ids"], b["positions"], nsp, b["nsp_labels"])[0]
+        hf_loss = hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                     attention_mask=b["attention_mask"], labels=b["hf_labels"],
+                     next_sentence_label=b["nsp_labels"]).loss
+    ours.train(), hf.train()
+    return float(ours_loss), float(hf_loss)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
+    synchronize(device)
+    start = clock()
+    step()
+    synchronize(device)
+    return clock() - start
+
+
+def interleaved_medians(ours_step, hf_step, device, warmup: int, steps: int,
+                        clock: Callable[[], float] = time.perf_counter) -> Tuple[float, float]:
+    for _ in range(warmup):
+        ours_step()
+        hf_step()
+    ours_times: List[float] = []
+    hf_times: List[float] = []
+    for round_number in range(steps):
+        order = [(ours_step, ours_times), (hf_step, hf_times)]
+        for step, times in (order if round_number % 2 == 0 else order[::-1]):
+            times.append(timed(step, device, clock))
+    return statistics.median(ours_times), statistics.median(hf_times)
+
+
+def matmul_flops_per_sequence(config: BertConfig, seq_len: int, predictions: int, ours: bool) -> float:
+    """Forward matmul FLOPs of one sequence as each model computes it (x3 for a training step).
+
+    Encoder layer per token: 24 H^2 (q, k, v, out, 2 FFN matmuls with intermediate 4H counted as
+    2*(4H^2) + 2*(2 H I)) + 4 L H (scores and weighted values). Ours runs its last layer only for
+    the P masked positions + [CLS] (keys/values still for all L) and the MLM head only at P positions;
+    transformers runs everything at all L positions.
+    """
+    h, inter, vocab, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    kv = 4 * h * h  # key + value projections
+    per_query = 4 * h * h + 4 * h * inter + 4 * seq_len * h  # query, out, FFN, attention
+    full_layer = seq_len * (kv + per_query)
+    pooler_nsp = 2 * h * h + 2 * h * 2
+    if not ours:
+        return layers * full_layer + seq_len * (2 * h * h + 2 * h * vocab) + pooler_nsp
+    last_layer = seq_len * kv + (predictions + 1) * per_query
+    head_per_position = 2 * h * h + 2 * h * padded_vocab_size(vocab)  # ours multiplies by the padded table
+    return (layers - 1) * full_layer + last_layer + predictions * head_per_position + pooler_nsp
+
+
+def largest_common_batch(config, device, seq_len, predictions, precision, optimizer, start: int) -> int:
+    """Largest power of two <= start for which a training step of both models fits in memory."""
+    ours, hf = build_models(config, device)
+    batch = start
+    while batch >= 1:
+        try:
+            data = phase1_like_batch(config, batch, seq_len, predictions)
+            ours_step, hf_step = step_functions(ours, hf, data, device, precision, optimizer, False)
+            ours_step()
+            hf_step()
+            synchronize(device)
+            return batch
+        except torch.OutOfMemoryError:
+            ours_step = hf_step = None
+            for model in (ours, hf):
+                model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            batch //= 2
+    raise RuntimeError("not even batch 1 fits on the GPU")
+
+
+def run_preset(name: str, args) -> List[str]:
+    preset = PRESET_TABLE[name]
+    if preset.device == "cuda" and not torch.cuda.is_available():
+        return [f"{name}: skipped (no CUDA device visible to PyTorch on this machine)"]
+    device = torch.device(preset.device)
+    config = PRESETS[preset.model]
+    precision = args.precision or preset.precision
+    steps = args.steps or preset.steps
+    batch_size = args.batch or preset.batch
+    if batch_size is None:
+        start = args.max_batch or (1024 if preset.seq_len <= 128 else 256)
+        batch_size = largest_common_batch(config, device, preset.seq_len, preset.predictions, precision,
+                                          args.optimizer, start)
+        torch.cuda.empty_cache()
+
+    ours, hf = build_models(config, device)
+    batch = phase1_like_batch(config, batch_size, preset.seq_len, preset.predictions)
+    ours_loss, hf_loss = eval_losses(ours, hf, batch, device, precision)
+    ours_step, hf_step = step_functions(ours, hf, batch, device, precision, args.optimizer, args.compile)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    ours_time, hf_time = interleaved_medians(ours_step, hf_step, device, args.warmup, steps, clock)
+
+    shape = (f"{name} ({preset.model}, L={preset.seq_len}, P={preset.predictions}, batch {batch_size}, "
+             f"{precision}, {args.optimizer}{', compiled' if args.compile else ''}, {torch.get_num_threads()} "
+             f"threads, {args.clock} time, median of {steps})" if device.type == "cpu" else
+             f"{name} ({preset.model}, L={preset.seq_len}, P={preset.predictions}, batch {batch_size}, "
+             f"{precision}, {args.optimizer}{', compiled' if args.compile else ''}, "
+             f"{torch.cuda.get_device_name(device)}, median of {steps})")
+    lines = [
+        f"{shape}: ours {batch_size / ours_time:.2f} seq/s ({1 / ours_time:.3f} steps/s) vs "
+        f"transformers {batch_size / hf_time:.2f} seq/s ({1 / hf_time:.3f} steps/s): "
+        f"ratio {hf_time / ours_time:.2f}x (goal {preset.goal}); eval loss ours {ours_loss:.4f} "
+        f"transformers {hf_loss:.4f}"
+    ]
+    if device.type == "cuda":
+        for label, is_ours, seconds in (("ours", True, ours_time), ("transformers", False, hf_time)):
+            flops = 3 * matmul_flops_per_sequence(config, preset.seq_len, preset.predictions, is_ours) * batch_size
+            mfu = flops / seconds / (args.peak_tflops * 1e12)
+            lines.append(f"{name}: {label} MFU {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s "
+                         f"({flops / seconds / 1e12:.1f} TFLOP/s executed matmul FLOPs, "
+                         f"{flops / batch_size / 1e9:.1f} GFLOP per sequence)")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pretraining_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", nargs="+", choices=sorted(PRESET_TABLE),
+                        default=["cpu-mini", "cpu-base", "cuda-large-128", "cuda-large-512"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default: per preset)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
+    parser.add_argument("--batch", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--max_batch", type=int, default=None, help="CUDA: start of the batch-size search")
+    parser.add_argument("--optimizer", choices=["lamb", "adamw"], default="lamb",
+                        help="the same optimizer for both models (lamb: ours, multi-tensor; adamw: torch fused)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="override the preset's")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU presets)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time instead of wall time; with --threads 1 it stays "
+                             "meaningful on a machine shared with other jobs (CPU presets only)")
+    parser.add_argument("--peak_tflops", type=float, default=790.0, help="peak for MFU (H100/H200 bf16 dense)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # batch search frees/reallocs
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and torch.get_num_threads() > 1:
+        print("note: --clock cpu with several threads also counts their spin-waiting; use --threads 1", flush=True)
+    for name in args.preset:
+        for line in run_preset(name, args):
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

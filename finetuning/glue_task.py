@@ -1,0 +1,196 @@
+"""GLUE fine-tuning (MRPC first) on the shared loop: read TSVs, train, evaluate, predict.
+
+``run(args)`` is what ``python -m finetuning.run_glue`` calls. In ``--output_dir`` it writes:
+
+    eval_results.json        --do_eval: dev metrics (MRPC: accuracy, f1, acc_and_f1; fractions 0..1),
+                             eval_loss, num_examples, global_step
+    test_results_<task>.tsv  --do_predict: GLUE submission format, header ``index<TAB>prediction``, one
+                             row per test pair in test.tsv order (GLUE's site wants it renamed <TASK>.tsv)
+    config.json, model.safetensors, tokenizer files   --do_train: the fine-tuned model (HF format)
+    dllogger.json            training loss/learning rate/throughput and every --eval_steps evaluation
+
+Bad input (missing TSV, a row with the wrong number of columns, a label outside the task's set, an
+unusable model or device) ends with one ``error:`` line on stderr and exit status 2, before anything is
+written; --debug shows the traceback. SIGTERM/SIGINT during training: the step finishes, the model is
+saved, evaluation is skipped and the exit status is 128 + the signal number.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from central.checkpoint import CheckpointWriteError, atomic_write_text
+from central.device import DeviceUnavailableError
+from central.dllog import console
+from finetuning import loop
+from finetuning.glue_data import (GlueDataError, GlueProcessor, InputExample, LengthGroupedBatchSampler,
+                                  processor_for, tokenize_examples)
+from finetuning.glue_metrics import task_metrics
+from finetuning.model_loading import ModelLoadError, load_model
+
+# Errors the user can fix: reported as one line with exit status 2.
+BAD_INPUT = (GlueDataError, ModelLoadError, DeviceUnavailableError, CheckpointWriteError)
+
+
+def predictions_file(output_dir, task_name: str) -> Path:
+    return Path(output_dir) / f"test_results_{processor_for(task_name).name}.tsv"
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except BAD_INPUT as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _check_arguments(args, processor: GlueProcessor) -> None:
+    if not (args.do_train or args.do_eval or args.do_predict):
+        raise GlueDataError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
+    if not Path(args.data_dir).is_dir():
+        raise GlueDataError(f"--data_dir {args.data_dir}: no such folder")
+    if args.max_seq_length < 8:
+        raise GlueDataError(f"--max_seq_length {args.max_seq_length}: too short for [CLS] a [SEP] b [SEP]")
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, flag) < 1:
+            raise GlueDataError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    if args.do_train and args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise GlueDataError(f"--num_train_epochs {args.num_train_epochs}: must be positive (or set --max_steps)")
+    output_dir = Path(args.output_dir)
+    if args.do_train and not args.overwrite_output_dir and any(
+            (output_dir / name).exists() for name in ("config.json", "model.safetensors", "pytorch_model.bin")):
+        raise GlueDataError(f"--output_dir {output_dir} already holds a model; pass --overwrite_output_dir "
+                            f"to replace it")
+
+
+def _read(processor: GlueProcessor, data_dir: str, split: str, limit: Optional[int]) -> List[InputExample]:
+    examples = processor.examples(data_dir, split)
+    return examples[:limit] if limit else examples
+
+
+def _run(args) -> int:
+    processor = processor_for(args.task_name)
+    _check_arguments(args, processor)
+    # Read every file first: a malformed TSV fails in a second, before any model is loaded or trained.
+    train_examples = _read(processor, args.data_dir, "train", args.max_train_samples) if args.do_train else []
+    dev_examples = _read(processor, args.data_dir, "dev", args.max_eval_samples) if args.do_eval else []
+    test_examples = _read(processor, args.data_dir, "test", args.max_predict_samples) if args.do_predict else []
+
+    runtime = loop.init_runtime(args)
+    from transformers import BertForSequenceClassification
+
+    loop.set_seed(args.seed)  # the new classifier head starts from the same weights for a given seed
+    loaded = load_model(args.model_name_or_path, BertForSequenceClassification, vocab_file=args.vocab_file,
+                        do_lower_case=args.do_lower_case, cache_dir=args.cache_dir,
+                        num_labels=processor.num_labels)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if args.max_seq_length > model.config.max_position_embeddings:
+        raise GlueDataError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+                            f"{model.config.max_position_embeddings} positions")
+    if len(tokenizer) > model.config.vocab_size:
+        raise ModelLoadError(f"the tokenizer has {len(tokenizer)} tokens but the model only "
+                             f"{model.config.vocab_size} embeddings (wrong --vocab_file?)")
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    logger = loop.open_logger(output_dir, runtime)
+    logger.parameters({"task": processor.name, "model": loaded.source, "train_examples": len(train_examples),
+                       "dev_examples": len(dev_examples), "test_examples": len(test_examples),
+                       "max_seq_length": args.max_seq_length, "seed": args.seed})
+    console(f"{processor.name}: {loaded.source}; {len(train_examples)} train / {len(dev_examples)} dev / "
+            f"{len(test_examples)} test pairs", runtime.is_main)
+    # Pad each batch to its longest pair (rounded up to a multiple of 8 for GPU tiles; CPU kernels gain nothing
+    # from it); HPU graphs want one shape, so there every batch is padded to --max_seq_length.
+    collate = loop.PaddingCollator(pad_token_id=tokenizer.pad_token_id, multiple_of=1 if runtime.kind == "cpu" else 8,
+                                   fixed_length=args.max_seq_length if runtime.kind == "hpu" else None)
+    dev_features = tokenize_examples(dev_examples, tokenizer, processor, args.max_seq_length)
+
+    def evaluate_during_training(trained_model, step: int) -> Dict[str, float]:
+        if not runtime.is_main:
+            return {}
+        metrics = evaluate(trained_model, dev_features, processor, runtime, args.per_device_eval_batch_size, collate)
+        console(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return _prefixed(metrics)
+
+    global_step = None
+    if args.do_train:
+        train_features = tokenize_examples(train_examples, tokenizer, processor, args.max_seq_length)
+        batch_sampler = None
+        if args.group_by_length and not runtime.dist.distributed:
+            batch_sampler = LengthGroupedBatchSampler([len(f["input_ids"]) for f in train_features],
+                                                      args.per_device_train_batch_size, args.seed)
+        result = loop.train(model, train_features, args, runtime, logger, collate=collate,
+                            eval_callback=evaluate_during_training if args.do_eval and args.eval_steps else None,
+                            batch_sampler=batch_sampler)
+        global_step = result.global_step
+        loop.save_model(model, tokenizer, output_dir, runtime)
+        if result.stopped_by_signal:  # saved; skip evaluation and report the interruption like a shell
+            logger.close()
+            loop.finish(runtime)
+            return 128 + result.stopped_by_signal
+
+    if args.do_eval and runtime.is_main:
+        metrics = evaluate(model, dev_features, processor, runtime, args.per_device_eval_batch_size, collate)
+        results = {"task": processor.name, **metrics, "num_examples": len(dev_features), "global_step": global_step}
+        atomic_write_text(output_dir / "eval_results.json", json.dumps(results, indent=2) + "\n")
+        logger.log([], _prefixed(metrics))
+        console(f"{processor.name} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    if args.do_predict and runtime.is_main:
+        test_features = tokenize_examples(test_examples, tokenizer, processor, args.max_seq_length)
+        logits = _logits_in_order(model, test_features, runtime, args.per_device_eval_batch_size, collate)[0]
+        path = predictions_file(output_dir, processor.name)
+        atomic_write_text(path, _submission_text(test_examples, logits, processor))
+        console(f"{processor.name} test predictions: {path} ({len(test_examples)} rows)")
+
+    logger.close()
+    loop.finish(runtime)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def _logits_in_order(model, features: Sequence[dict], runtime, batch_size: int, collate):
+    """Logits [N, num_labels] in ``features`` order and the mean loss (None without labels).
+
+    Batches are formed from length-sorted features so each pads to similar lengths; results are put
+    back in the original order.
+    """
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    ordered = [features[i] for i in order]
+    logits: Optional[torch.Tensor] = None
+    loss_sum, has_loss = 0.0, False
+    for span, outputs in loop.predict(model, ordered, runtime, batch_size, collate):
+        if logits is None:
+            logits = torch.empty(len(features), outputs["logits"].shape[-1])
+        logits[[order[i] for i in span]] = outputs["logits"]
+        if "loss" in outputs:
+            loss_sum, has_loss = loss_sum + float(outputs["loss"]) * len(span), True
+    return logits, (loss_sum / len(features) if has_loss else None)
+
+
+def evaluate(model, features: Sequence[dict], processor: GlueProcessor, runtime, batch_size: int,
+             collate) -> Dict[str, float]:
+    """Task metrics on labelled features (MRPC: accuracy, f1, acc_and_f1) plus eval_loss."""
+    logits, loss = _logits_in_order(model, features, runtime, batch_size, collate)
+    labels = [f["labels"] for f in features]
+    preds = logits[:, 0].tolist() if processor.is_regression else logits.argmax(-1).tolist()
+    return {**task_metrics(processor.metric, preds, labels), "eval_loss": loss}
+
+
+def _prefixed(metrics: Dict[str, float]) -> Dict[str, float]:
+    """Names for the training log: accuracy -> eval_accuracy (eval_loss stays as it is)."""
+    return {(k if k.startswith("eval_") else f"eval_{k}"): v for k, v in metrics.items()}
+
+
+def _submission_text(examples: Sequence[InputExample], logits: torch.Tensor, processor: GlueProcessor) -> str:
+    lines = ["index\tprediction"]
+    for example, row in zip(examples, logits):
+        prediction = f"{float(row[0]):.3f}" if processor.is_regression else processor.labels[int(row.argmax())]
+        lines.append(f"{example.index}\t{prediction}")
+    return "\n".join(lines) + "\n"
