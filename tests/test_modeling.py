@@ -191,6 +191,9 @@ def test_bad_config_is_rejected():
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "num_attention_heads": 3}))
     with pytest.raises(ValueError, match="hidden_act"):
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "hidden_act": "nonsense"}))
+    too_long = torch.ones(1, TINY.max_position_embeddings + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="sequence length 65 exceeds max_position_embeddings 64"):
+        BertForPreTraining(TINY)(too_long, too_long * 0, too_long, torch.tensor([[1]]))
 
 
 @pytest.mark.parametrize("ours", [True, False])
