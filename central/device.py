@@ -21,9 +21,7 @@ from typing import Iterable, Optional
 
 import torch
 
-DEVICE_CHOICES = ("auto", "hpu", "cuda", "cpu")
-MODE_CHOICES = ("eager", "graph", "lazy")
-PRECISION_CHOICES = ("fp32", "bf16")
+from central.choices import DEVICE_CHOICES, MODE_CHOICES, PRECISION_CHOICES
 DIST_BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
 

@@ -17,9 +17,7 @@ import torch
 import torch.distributed as dist
 
 from central.device import dist_backend, habana_module
-
-DEFAULT_MASTER_ADDR = "localhost"
-DEFAULT_MASTER_PORT = "12345"
+from central.launch import DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT
 
 # (rank, world size, local rank) variable names of each launcher, in the order they are trusted.
 _LAUNCHER_VARIABLES = (
@@ -28,6 +26,10 @@ _LAUNCHER_VARIABLES = (
     ("mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
     ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
 )
+
+
+class DistributedSetupError(RuntimeError):
+    """The launcher's rank variables are unusable (not numbers, rank outside the world, ...)."""
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,27 @@ class DistEnv:
 
 
 def _mpi4py_env() -> Optional[DistEnv]:
-    """Ask MPI itself (the launcher exported no rank variables we know, e.g. Intel MPI or MVAPICH)."""
+    """Ask MPI itself (the launcher exported no rank variables we know, e.g. Intel MPI or MVAPICH).
+
+    The local rank is the rank within the processes that share this node's memory.
+    """
     try:
         mpi = importlib.import_module("mpi4py.MPI")
     except ImportError:
         return None
     comm = mpi.COMM_WORLD
-    local = comm.Split_type(mpi.COMM_TYPE_SHARED)
-    return DistEnv(comm.Get_rank(), comm.Get_size(), local.Get_rank(), "mpi4py")
+    node = comm.Split_type(mpi.COMM_TYPE_SHARED)
+    try:
+        return DistEnv(comm.Get_rank(), comm.Get_size(), node.Get_rank(), "mpi4py")
+    finally:
+        node.Free()
+
+
+def _checked(source: str, rank: int, size: int, local: int) -> DistEnv:
+    if size < 1 or not 0 <= rank < size or local < 0:
+        raise DistributedSetupError(f"{source} launcher variables give rank {rank} of world size {size} "
+                                    f"(local rank {local}): not a valid process placement")
+    return DistEnv(rank, size, local, source)
 
 
 def _under_mpi(environ: Mapping[str, str]) -> bool:
@@ -67,9 +82,13 @@ def detect_env(environ: Mapping[str, str] = os.environ) -> DistEnv:
         if rank_key in environ and size_key in environ:
             if source == "slurm" and "SLURM_STEP_ID" not in environ:
                 continue  # inside an allocation but not started by srun: a single process
-            rank, size = int(environ[rank_key]), int(environ[size_key])
-            local = int(environ.get(local_key, environ.get("PMI_LOCAL_RANK", rank)))
-            return DistEnv(rank, size, local, source)
+            try:
+                rank, size = int(environ[rank_key]), int(environ[size_key])
+                local = int(environ.get(local_key, environ.get("PMI_LOCAL_RANK", rank)))
+            except ValueError:
+                raise DistributedSetupError(f"{source} launcher variables {rank_key}/{size_key}/{local_key} "
+                                            "are not whole numbers") from None
+            return _checked(source, rank, size, local)
     if _under_mpi(environ):
         found = _mpi4py_env()
         if found is not None:
@@ -82,19 +101,29 @@ def init_distributed(kind: str, timeout_s: float = 1800.0, environ=os.environ) -
     env = detect_env(environ)
     if not env.distributed or dist.is_initialized():
         return env
-    environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
-    environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
     backend = dist_backend(kind)
     if backend == "hccl":
         habana_module("habana_frameworks.torch.distributed.hccl")  # registers the backend
     dist.init_process_group(
         backend=backend,
-        init_method="env://",
+        init_method=rendezvous_url(env, environ),
         rank=env.rank,
         world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
     return env
+
+
+def rendezvous_url(env: DistEnv, environ: Mapping[str, str] = os.environ) -> str:
+    """Where ranks meet. torchrun's agent already serves a store at MASTER_ADDR:MASTER_PORT, which
+    only ``env://`` knows how to join; every other launcher meets at tcp://MASTER_ADDR:MASTER_PORT
+    (rank 0 serves it), taken from ``environ`` with the launcher's defaults."""
+    if env.source == "torchrun":
+        return "env://"
+    host = environ.get("MASTER_ADDR", DEFAULT_MASTER_ADDR)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"tcp://{host}:{environ.get('MASTER_PORT', DEFAULT_MASTER_PORT)}"
 
 
 def barrier() -> None:
