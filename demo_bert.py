@@ -38,6 +38,18 @@ PASS_THROUGH = {
 }
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """-h shows each option's default, unless it is None/False or the help text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default in (None, False, argparse.SUPPRESS) or action.default == [None, None]
+        if not unset and action.option_strings and "default" not in text:
+            default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+            text += f" (default: {default})"
+        return text
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (exit status 2) instead of usage + error."""
 
@@ -105,9 +117,11 @@ def _add_pretraining(parser: argparse.ArgumentParser) -> None:
                         help="reference option (dataset name); pre-training reads -p/--data_dir, so it is refused")
     parser.add_argument("--config_file", default=None,
                         help="bert_config.json or preset name (default: from --model_name_or_path)")
-    parser.add_argument("-r", "--learning_rate", type=float, default=[6e-3, 4e-3], **pair)
-    parser.add_argument("-s", "--max_seq_length", type=positive_int, default=[128, 512], **pair)
-    parser.add_argument("--max_predictions_per_seq", type=positive_int, default=[20, 80], **pair)
+    parser.add_argument("-r", "--learning_rate", type=float, default=[6e-3, 4e-3], **pair, help="peak LAMB rate")
+    parser.add_argument("-s", "--max_seq_length", type=positive_int, default=[128, 512], **pair,
+                        help="sequence length of the shards")
+    parser.add_argument("--max_predictions_per_seq", type=positive_int, default=[20, 80], **pair,
+                        help="masked positions per sequence in the shards")
     parser.add_argument("-b", "--batch_size", type=positive_int, default=[64, 8], **pair,
                         help="per-device micro-batch (default: 64 8)")
     parser.add_argument("--train_batch_size", type=positive_int, default=None, **pair,
@@ -120,7 +134,7 @@ def _add_pretraining(parser: argparse.ArgumentParser) -> None:
                         help="do that all-reduce in 16 bits")
     parser.add_argument("-st", "--save_steps", type=positive_int, default=[200, 200], **pair,
                         help="checkpoint every N optimizer steps")
-    parser.add_argument("--max_steps", type=positive_int, default=[7038, 1563], **pair)
+    parser.add_argument("--max_steps", type=positive_int, default=[7038, 1563], **pair, help="optimizer steps")
     parser.add_argument("-wp", "--warmup", type=float, default=[0.2843, 0.128], **pair,
                         help="warm-up as a fraction of max_steps")
     parser.add_argument("--steps_this_run", type=int, default=[-1, -1], **pair,
@@ -132,27 +146,29 @@ def _add_pretraining(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume_from_checkpoint", action="store_true",
                         help="continue from the newest checkpoint in <output_dir>/results/checkpoints")
     parser.add_argument("--phase", type=int, choices=(1, 2), default=None, help="run only this phase")
-    parser.add_argument("--seed", type=int, default=12439)
+    parser.add_argument("--seed", type=int, default=12439, help="random seed")
     parser.add_argument("--create_logfile", action="store_true",
                         help="also write each phase's output to <output_dir>/results/phase<N>.log")
 
 
 def _add_finetuning(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-t", "--task_name", default="mrpc", choices=("mrpc", "squad"))
+    parser.add_argument("-t", "--task_name", default="mrpc", choices=("mrpc", "squad"),
+                        help="mrpc runs finetuning.run_glue, squad finetuning.run_squad")
     parser.add_argument("-p", "--data_dir", required=True, help="the task's data folder (e.g. glue_data/MRPC, Squad)")
     parser.add_argument("--dataset_name", default=None,
                         help="reference option (hub dataset); data is read from -p/--data_dir, so it is refused")
-    parser.add_argument("-r", "--learning_rate", type=float, default=2e-5)
-    parser.add_argument("-s", "--max_seq_length", type=positive_int, default=128)
+    parser.add_argument("-r", "--learning_rate", type=float, default=2e-5, help="peak AdamW rate")
+    parser.add_argument("-s", "--max_seq_length", type=positive_int, default=128, help="tokens per example")
     parser.add_argument("-b", "--batch_size", type=positive_int, default=8, help="per-device training batch")
-    parser.add_argument("-v", "--per_device_eval_batch_size", type=positive_int, default=8)
-    parser.add_argument("-e", "--num_train_epochs", type=float, default=1)
-    parser.add_argument("-l", "--logging_steps", type=positive_int, default=1)
+    parser.add_argument("-v", "--per_device_eval_batch_size", type=positive_int, default=8,
+                        help="per-device evaluation batch")
+    parser.add_argument("-e", "--num_train_epochs", type=float, default=1.0, help="passes over the training set")
+    parser.add_argument("-l", "--logging_steps", type=positive_int, default=1, help="log the loss every N steps")
     parser.add_argument("--max_steps", type=positive_int, default=None, help="stop after N steps (overrides epochs)")
     parser.add_argument("--do_eval", action="store_true", help="score on the dev set after training")
     parser.add_argument("-ds", "--doc_stride", type=positive_int, default=None, help="SQuAD only (default: 128)")
     parser.add_argument("-st", "--save_steps", type=positive_int, default=None, help="checkpoint every N steps")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="random seed")
     parser.add_argument("-tf", "--train_file", default=None, help="SQuAD only (default: train-v1.1.json)")
     parser.add_argument("-pf", "--predict_file", default=None, help="SQuAD only (default: dev-v1.1.json)")
     parser.add_argument("-mt", "--model_type", default="bert", choices=("bert",),
@@ -160,13 +176,14 @@ def _add_finetuning(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description="BERT pre-training and fine-tuning launcher (HPU, CUDA, CPU).",
-                           formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=32))
+    parser = OneLineParser(prog=PROG, description="BERT pre-training and fine-tuning launcher (HPU, CUDA, CPU).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    pretraining = commands.add_parser("pretraining", help="two-phase MLM+NSP pre-training with LAMB")
+    pretraining = commands.add_parser("pretraining", help="two-phase MLM+NSP pre-training with LAMB",
+                                      formatter_class=DefaultsFormatter)
     _add_common(pretraining)
     _add_pretraining(pretraining)
-    finetuning = commands.add_parser("finetuning", help="fine-tune on SQuAD v1.1 or GLUE MRPC")
+    finetuning = commands.add_parser("finetuning", help="fine-tune on SQuAD v1.1 or GLUE MRPC",
+                                     formatter_class=DefaultsFormatter)
     _add_common(finetuning)
     _add_finetuning(finetuning)
     for name, (_, help_text) in PASS_THROUGH.items():
@@ -210,31 +227,33 @@ def _pretraining_shards(option: str, path: Optional[str], phase: int) -> str:
     return folder
 
 
+def _model_config(option: str, value: str) -> str:
+    """A preset name, or the JSON model config that a file/folder argument points at."""
+    if value in PRESETS:
+        return value
+    path = Path(value)
+    if path.is_dir():
+        for name in ("bert_config.json", "config.json"):
+            if (path / name).is_file():
+                return str((path / name).resolve())
+        raise LaunchError(f"{option} {value}: folder has no bert_config.json or config.json")
+    if path.is_file() and path.suffix == ".json":
+        return str(path.resolve())
+    raise LaunchError(f"{option} {value}: neither a preset ({', '.join(PRESETS)}) nor an existing "
+                      "bert_config.json, model folder or ckpt_N.pt")
+
+
 def pretraining_config(model: str, config_file: Optional[str]) -> str:
-    """--config_file value for run_pretraining: a preset name or a path to a JSON model config."""
-    for option, value in (("--config_file", config_file), ("--model_name_or_path", model)):
-        if value is None:
-            continue
-        if value in PRESETS:
-            return value
-        path = Path(value)
-        if path.is_dir():
-            for name in ("bert_config.json", "config.json"):
-                if (path / name).is_file():
-                    return str((path / name).resolve())
-            raise LaunchError(f"{option} {value}: folder has no bert_config.json or config.json")
-        if path.is_file() and path.suffix == ".json":
-            return str(path.resolve())
-        if path.is_file() and path.suffix == ".pt":
-            beside = [path.parent / n for n in ("bert_config.json", "config.json") if (path.parent / n).is_file()]
-            if config_file is None and beside:
-                return str(beside[0].resolve())
-            if config_file is None:
-                raise LaunchError(f"--model_name_or_path {value}: a checkpoint has no shape; give --config_file")
-            continue
-        raise LaunchError(f"{option} {value}: neither a preset ({', '.join(PRESETS)}) nor an existing "
-                          "bert_config.json, model folder or ckpt_N.pt")
-    raise LaunchError("--config_file: missing")  # unreachable: model is required
+    """--config_file value for run_pretraining: --config_file if given, else the model's shape."""
+    if config_file is not None:
+        return _model_config("--config_file", config_file)
+    path = Path(model)
+    if path.is_file() and path.suffix == ".pt":  # a checkpoint carries weights, not its shape
+        for name in ("bert_config.json", "config.json"):
+            if (path.parent / name).is_file():
+                return str((path.parent / name).resolve())
+        raise LaunchError(f"--model_name_or_path {model}: a checkpoint has no shape; give --config_file")
+    return _model_config("--model_name_or_path", model)
 
 
 def _hub_offline() -> bool:
@@ -262,7 +281,7 @@ def check_hub_model(name: str, cache_dir: Optional[str]) -> None:
     if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json", cache_dir=cache_dir), str):
         return
     raise LaunchError(f"--model_name_or_path {name}: not a preset ({', '.join(PRESETS)}), not an existing path, "
-                      "and not in the local Hugging Face cache (offline)")
+                      "and not in the local Hugging Face cache (hub offline or unreachable)")
 
 
 def finetuning_model(model: str, cache_dir: Optional[str]) -> str:

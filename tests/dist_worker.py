@@ -4,10 +4,11 @@ Each rank joins the group through ``central.distributed.init_distributed('cpu')`
 ``rank + 1`` over all ranks, passes a barrier and prints one JSON line with what it saw. With
 ``--fail_rank R`` rank R leaves right after joining (exit status 3, or SIGKILL with ``--kill``)
 while the others wait in the all-reduce: the launcher must end the job instead of hanging.
-With ``--hide_launcher_vars`` the rank variables of OpenMPI are hidden from detection, so the
-rank must come from mpi4py.
+With ``--mpi4py_view`` each rank also reports what detection finds once OpenMPI's rank variables are
+hidden from it: the mpi4py fallback must give the same placement.
 """
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -22,12 +23,13 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fail_rank", type=int, default=None)
     parser.add_argument("--kill", action="store_true")
-    parser.add_argument("--hide_launcher_vars", action="store_true")
+    parser.add_argument("--mpi4py_view", action="store_true")
     args = parser.parse_args()
-    environ = dict(os.environ)
-    if args.hide_launcher_vars:
-        environ = {k: v for k, v in environ.items() if not k.startswith(("OMPI_COMM_WORLD", "RANK", "WORLD_SIZE"))}
-    env = distributed.init_distributed("cpu", timeout_s=60, environ=environ)
+    env = distributed.init_distributed("cpu", timeout_s=60)
+    report = {}
+    if args.mpi4py_view:
+        hidden = {k: v for k, v in os.environ.items() if not k.startswith("OMPI_COMM_WORLD")}
+        report["mpi4py_view"] = list(dataclasses.astuple(distributed.detect_env(hidden)))
     if env.rank == args.fail_rank:
         print(f"worker rank {env.rank}: failing on purpose", flush=True)
         if args.kill:
@@ -35,8 +37,9 @@ def main() -> int:
         return 3
     total = distributed.all_reduce_sum(torch.tensor([env.rank + 1.0]))
     distributed.barrier()
-    print(json.dumps({"rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank,
-                      "source": env.source, "sum": total.item()}), flush=True)
+    report.update(rank=env.rank, world_size=env.world_size, local_rank=env.local_rank, source=env.source,
+                  sum=total.item())
+    print(json.dumps(report), flush=True)
     distributed.teardown()
     return 0
 

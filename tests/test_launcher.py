@@ -417,3 +417,16 @@ def test_missing_pass_through_tool_is_one_line(monkeypatch, capsys):
     assert demo_bert.main(["report", "x"]) == 2
     assert capsys.readouterr().err == "demo_bert.py report: error: not available in this checkout " \
                                       "(central.run_report is missing)\n"
+
+
+def test_a_checkpoint_as_pretraining_model_starts_phase_one(shards, tmp_path):
+    ckpt = tmp_path / "ckpt_7.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(LaunchError, match="give --config_file"):
+        pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt))
+    one = flags_of(pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt), "--config_file",
+                                    "mini").commands[0])
+    assert (one.config_file, one.init_checkpoint, one.resume_step) == ("mini", str(ckpt), 7)
+    (tmp_path / "bert_config.json").write_text("{}")
+    one = flags_of(pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt)).commands[0])
+    assert one.config_file == str(tmp_path / "bert_config.json")
