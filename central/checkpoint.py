@@ -41,6 +41,7 @@ def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     except BaseException as err:
         try:
             os.unlink(tmp)
@@ -52,6 +53,32 @@ def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
             raise CheckpointWriteError(f"cannot write {path}: {err}") from err
         raise
     return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: PathLike, name_prefix: str = "") -> List[Path]:
+    """Delete the temporary files that killed atomic writes left (``.<name_prefix>*.tmp``); returns them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir()
+             if p.name.startswith("." + name_prefix) and p.name.endswith(".tmp") and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_torch_save(obj, path: PathLike) -> Path:

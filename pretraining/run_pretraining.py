@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_steps_per_checkpoint", type=int, default=100)
     parser.add_argument("--skip_checkpoint", action="store_true")
     parser.add_argument("--steps_this_run", type=int, default=-1, help="stop after this many steps (-1: max_steps)")
-    parser.add_argument("--keep_checkpoints", type=int, default=3)
+    parser.add_argument("--keep_checkpoints", type=int, default=3, help="how many ckpt_<step>.pt to keep")
+    parser.add_argument("--hf_export_dir", default=None,
+                        help="HF-format export of each finished phase goes to <this>/phase<N> "
+                             "(default: <output_dir>/../hf_export)")
+    parser.add_argument("--nonfinite_loss", choices=("stop", "skip"), default="stop",
+                        help="a NaN/inf loss stops the run (default) or skips that step, counting skips")
     # Logging.
     parser.add_argument("--log_freq", type=float, default=1.0)
     parser.add_argument("--json-summary", dest="json_summary", default="results/dllogger.json")
@@ -67,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="set by the launcher; read from the environment otherwise")
     parser.add_argument("--dist_timeout", type=float, default=1800.0, help="seconds a collective may wait")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
+    parser.add_argument("--log_param_checksum", action="store_true",
+                        help="debug: each rank appends '<step> <SHA-256 of its parameters> <shard read>' per "
+                             "step to <output_dir>/param_checksums.rank<r>.txt")
     return parser
 
 

@@ -1,0 +1,124 @@
+"""Turn run_pretraining's arguments into a checked plan before anything heavy starts.
+
+Everything a user can get wrong (model config, vocab, data folder, shard layout, batch arithmetic,
+output folder) is checked here and reported as a ``BadInputError``: one line naming the input,
+exit status 2, before a model is built or a device is touched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from pretraining.bert_config import PRESETS, BertConfig, count_vocab
+from pretraining.dataset import ShardError, ShardShape, check_layout, list_training_files
+
+
+class BadInputError(ValueError):
+    """A user input that cannot work; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    config: BertConfig
+    vocab_file: Optional[Path]     # copied into the HF export (None: no export)
+    files: List[Path]              # every training shard, sorted
+    shape: ShardShape
+    micro_batch: int               # sequences per forward/backward on this rank
+    accumulation: int              # micro-batches per optimizer step
+    phase: int                     # 1 or 2
+    step_offset: int               # added to the phase's step in checkpoint names (phase1_end_step in phase 2)
+    max_steps: int                 # optimizer steps of this phase
+    output_dir: Path
+    hf_export_dir: Path            # the phase's export goes to <hf_export_dir>/phase<N>
+    log_freq: int
+
+
+def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) -> Tuple[BertConfig, Optional[Path]]:
+    """``--config_file``: a bert_config.json path (its vocab_size as given) or a preset name (vocab_size
+    from the vocab.txt: ``--vocab_file``, else ``<input_dir>/vocab.txt``, else the preset's 30522)."""
+    vocab: Optional[Path] = Path(vocab_file) if vocab_file else None
+    if vocab is not None and not vocab.is_file():
+        raise BadInputError(f"--vocab_file {vocab}: no such file")
+    if vocab is None and (Path(input_dir) / "vocab.txt").is_file():
+        vocab = Path(input_dir) / "vocab.txt"
+    vocab_entries = count_vocab(vocab) if vocab is not None else None
+    if vocab_entries == 0:
+        raise BadInputError(f"vocab file {vocab} is empty")
+
+    if config_file in PRESETS:
+        config = PRESETS[config_file]
+        if vocab_entries:
+            config = config.with_vocab_size(vocab_entries)
+    elif Path(config_file).is_file():
+        try:
+            with open(config_file, encoding="utf-8") as handle:
+                values = json.load(handle)
+            config = BertConfig.from_dict(values)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as err:
+            raise BadInputError(f"--config_file {config_file}: not a valid bert_config.json ({err})") from None
+        if vocab_entries and vocab_entries > config.vocab_size:
+            raise BadInputError(f"--config_file {config_file}: vocab_size {config.vocab_size} is smaller than "
+                                f"the {vocab_entries} entries of {vocab}")
+    else:
+        raise BadInputError(f"--config_file {config_file}: neither a file nor a preset "
+                            f"({', '.join(PRESETS)})")
+    if config.hidden_size % config.num_attention_heads:
+        raise BadInputError(f"--config_file {config_file}: hidden_size {config.hidden_size} is not a multiple "
+                            f"of num_attention_heads {config.num_attention_heads}")
+    return config, vocab
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise BadInputError(f"--output_dir {directory}: not writable ({err.strerror or err})") from None
+
+
+def plan_run(args) -> RunPlan:
+    config, vocab = resolve_config(args.config_file, args.vocab_file, args.input_dir)
+    positive = {"--train_batch_size": args.train_batch_size, "--gradient_accumulation_steps":
+                args.gradient_accumulation_steps, "--max_steps": args.max_steps, "--max_seq_length":
+                args.max_seq_length, "--max_predictions_per_seq": args.max_predictions_per_seq,
+                "--learning_rate": args.learning_rate, "--log_freq": args.log_freq,
+                "--num_steps_per_checkpoint": args.num_steps_per_checkpoint}
+    for flag, value in positive.items():
+        if not value > 0:
+            raise BadInputError(f"{flag} {value}: must be positive")
+    if args.train_batch_size % args.gradient_accumulation_steps:
+        raise BadInputError(f"--train_batch_size {args.train_batch_size} is not a multiple of "
+                            f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    if not 0.0 <= args.warmup_proportion <= 1.0:
+        raise BadInputError(f"--warmup_proportion {args.warmup_proportion}: must lie in [0, 1]")
+    if args.max_seq_length > config.max_position_embeddings:
+        raise BadInputError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+                            f"max_position_embeddings {config.max_position_embeddings}")
+    if args.phase2 and args.phase1_end_step < 0:
+        raise BadInputError(f"--phase1_end_step {args.phase1_end_step}: must not be negative")
+
+    shape = ShardShape(args.max_seq_length, args.max_predictions_per_seq, config.vocab_size,
+                       config.type_vocab_size)
+    try:
+        files = list_training_files(args.input_dir)
+        for path in files:  # metadata only: a wrong folder fails now, not hours later
+            check_layout(path, shape)
+    except ShardError as err:
+        raise BadInputError(str(err)) from None
+
+    output_dir = Path(args.output_dir)
+    _check_writable(output_dir)
+    hf_export_dir = Path(args.hf_export_dir) if args.hf_export_dir else output_dir.parent / "hf_export"
+    return RunPlan(
+        config=config, vocab_file=vocab, files=files, shape=shape,
+        micro_batch=args.train_batch_size // args.gradient_accumulation_steps,
+        accumulation=args.gradient_accumulation_steps,
+        phase=2 if args.phase2 else 1, step_offset=args.phase1_end_step if args.phase2 else 0,
+        max_steps=int(args.max_steps), output_dir=output_dir, hf_export_dir=hf_export_dir,
+        log_freq=max(1, int(math.ceil(args.log_freq))),
+    )

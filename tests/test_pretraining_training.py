@@ -1,0 +1,179 @@
+"""The pre-training engine in-process on a tiny model: exact resume (also across the phase boundary),
+checkpoints, logging, accumulation, config handling, precision and modes, HF export."""
+import os
+import warnings
+
+import pytest
+import torch
+
+from central.checkpoint import list_checkpoints
+from pretraining.lamb import PolyWarmUpScheduler
+from pretraining.run_pretraining import main
+from pretraining_runs import single_thread  # noqa: F401  (autouse fixture)
+from pretraining_runs import (log_records, newest_checkpoint, pretraining_args, same_tensors, step_losses,
+                              write_config)
+from pretraining_shards import VOCAB_SIZE, make_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Phase-1 shards (L=32, P=5) and phase-2 shards (L=64, P=8), as the reference's two data sets."""
+    root = tmp_path_factory.mktemp("shards")
+    return {1: make_dataset(root / "phase1", num_files=3, samples=20, seed=1),
+            2: make_dataset(root / "phase2", num_files=2, samples=12, seq_len=64, max_pred=8, seed=2),
+            "all_slots": make_dataset(root / "all_slots", num_files=2, samples=16, seed=3, all_slots=True)}
+
+
+def phase_args(data, out, phase, *extra, steps=4):
+    if phase == 1:
+        return pretraining_args(data[1], out, *extra, steps=steps)
+    return pretraining_args(data[2], out, "--phase2", "--phase1_end_step", "4", "--resume_from_checkpoint",
+                            "--learning_rate", "1e-3", *extra, steps=steps, seq_len=64, max_pred=8)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """Phase 1 (4 steps) then phase 2 (4 steps), no interruption: the reference for the resume tests."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main(phase_args(data, out, 1)) == 0
+    phase1_model = newest_checkpoint(out)["model"]
+    assert main(phase_args(data, out, 2)) == 0
+    return out, phase1_model
+
+
+def test_exact_resume_across_the_phase_boundary(data, uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    out = tmp_path / "stopped"
+    assert main(phase_args(data, out, 1, "--steps_this_run", "3", "--num_steps_per_checkpoint", "5")) == 0
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3]  # saved at the end of the run
+    assert main(phase_args(data, out, 1, "--resume_from_checkpoint")) == 0
+    assert main(phase_args(data, out, 2, "--steps_this_run", "1")) == 0
+    assert main(phase_args(data, out, 2, "--steps_this_run", "2")) == 0
+    assert main(phase_args(data, out, 2)) == 0
+    expected, got = step_losses(reference), step_losses(out)
+    assert sorted(expected) == list(range(1, 9))  # phase 2 logs steps 5..8 (phase1_end_step 4 + its own)
+    assert got == expected  # bit-identical floats at every step
+    assert same_tensors(newest_checkpoint(out)["model"], newest_checkpoint(reference)["model"])
+
+
+def test_same_seed_same_losses_other_seed_differs(data, uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    assert main(phase_args(data, tmp_path / "again", 1)) == 0
+    assert step_losses(tmp_path / "again") == {k: v for k, v in step_losses(reference).items() if k <= 4}
+    assert main(phase_args(data, tmp_path / "other", 1, "--seed", "12")) == 0
+    assert step_losses(tmp_path / "other")[1] != step_losses(reference)[1]
+
+
+def test_checkpoints_are_plain_data_named_with_the_phase_offset(uninterrupted):
+    reference, _ = uninterrupted
+    steps = [s for s, _ in list_checkpoints(reference / "checkpoints")]
+    assert steps == [4, 6, 8]  # every 2 steps, last 3 kept; phase 2 adds --phase1_end_step 4
+    state = torch.load(reference / "checkpoints" / "ckpt_8.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "phase", "phase_step", "step", "ranks", "config", "files"} <= set(state)
+    assert (state["phase"], state["phase_step"], state["step"]) == (2, 4, 8)
+    assert state["config"]["vocab_size"] == VOCAB_SIZE  # preset + <input_dir>/vocab.txt
+    rank0 = state["ranks"][0]
+    assert set(rank0["rng"]) >= {"python", "numpy", "torch"} and set(rank0["data_position"]) == {"epoch", "slot", "batch"}
+    assert not [p for p in (reference / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_phase2_restarts_the_schedule_but_keeps_the_moments(data, uninterrupted):
+    reference, _ = uninterrupted
+    state = torch.load(reference / "checkpoints" / "ckpt_6.pt", weights_only=True)  # phase 2, 2 steps in
+    assert all(group["step"] == 2 for group in state["optimizer"]["param_groups"])
+    assert state["scheduler"]["base_lrs"] == [1e-3, 1e-3]
+    lrs = {r["step"][1]: r["data"]["learning_rate"] for r in log_records(reference)
+           if r["type"] == "LOG" and len(r["step"]) == 2}
+    # the phase-2 lr follows its own warm-up from step 1 of phase 2 (logged as step 5)
+    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    assert lrs[5] == pytest.approx(PolyWarmUpScheduler(dummy, 0.25, 4).lr_at(1)[0])
+    assert lrs[5] != lrs[4]
+
+
+def test_dllogger_records(uninterrupted):
+    reference, _ = uninterrupted
+    records = log_records(reference)
+    params = [r["data"] for r in records if r["step"] == "PARAMETER"]
+    assert params and {"Config", "SEED", "train_start", "batch_size_per_pu"} <= set(params[0])
+    steps = [r["data"] for r in records if r["type"] == "LOG" and len(r["step"]) == 2]
+    assert all({"average_loss", "step_loss", "learning_rate", "average_perf_per_step"} <= set(d) for d in steps)
+    assert all(d["average_perf_per_step"] > 0 for d in steps)
+    finals = [r["data"] for r in records if r["step"] == []]
+    assert len(finals) == 2  # one per phase
+    assert {"final_loss", "training_sequences_per_second", "e2e_train_time", "raw_train_time"} <= set(finals[-1])
+    assert finals[-1]["final_loss"] == pytest.approx(steps[-1]["average_loss"])
+
+
+def test_hf_export_loads_in_transformers_with_identical_outputs(uninterrupted):
+    reference, _ = uninterrupted
+    transformers = pytest.importorskip("transformers")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pretraining.bert_config import BertConfig
+    from pretraining.modeling import BertForPreTraining
+
+    export = reference / "hf_export" / "phase2"
+    assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in export.iterdir()}
+    hf = transformers.BertForPreTraining.from_pretrained(export).eval()
+    state = newest_checkpoint(reference)
+    ours = BertForPreTraining(BertConfig.from_dict(state["config"])).eval()
+    ours.load_state_dict(state["model"])
+    ids = torch.randint(5, VOCAB_SIZE, (2, 16))
+    types, mask = torch.zeros_like(ids), torch.ones_like(ids)
+    positions = torch.tensor([[1, 4, 7], [2, 3, 9]])
+    with torch.no_grad():
+        mlm, nsp = ours(ids, types, mask, positions)
+        out = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    hf_mlm = torch.gather(out.prediction_logits, 1, positions.unsqueeze(-1).expand(-1, -1, mlm.shape[-1]))
+    torch.testing.assert_close(hf_mlm, mlm, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.seq_relationship_logits, nsp, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):
+    config = str(write_config(tmp_path / "bert_config.json"))
+    finals = []
+    for accumulation in (1, 4):
+        out = tmp_path / f"accum{accumulation}"
+        assert main(pretraining_args(data["all_slots"], out, steps=2, batch=8, accumulation=accumulation,
+                                     config=config)) == 0
+        finals.append(newest_checkpoint(out)["model"])
+    for key in finals[0]:
+        torch.testing.assert_close(finals[0][key], finals[1][key], atol=1e-5, rtol=1e-4)
+
+
+def test_config_file_vocab_size_is_taken_as_given(data, tmp_path):
+    config = str(write_config(tmp_path / "bert_config.json", vocab_size=120))
+    assert main(pretraining_args(data[1], tmp_path / "out", steps=1, config=config)) == 0
+    state = newest_checkpoint(tmp_path / "out")
+    assert state["config"]["vocab_size"] == 120 and state["config"]["hidden_size"] == 32
+    assert state["model"]["bert.embeddings.word_embeddings.weight"].shape[0] == 120  # 120 is a multiple of 8
+
+
+def test_bf16_autocast_trains_close_to_fp32(data, tmp_path):
+    config = str(write_config(tmp_path / "bert_config.json"))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert main(pretraining_args(data[1], out, "--data_type", precision, steps=2, config=config)) == 0
+        losses[precision] = step_losses(out)
+    for step in (1, 2):
+        assert losses["bf16"][step] == pytest.approx(losses["fp32"][step], abs=0.05)
+    assert losses["bf16"] != losses["fp32"]  # bf16 really ran
+
+
+def test_lazy_mode_warns_and_runs_eager_off_hpu(data, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(pretraining_args(data[1], tmp_path / "out", "--mode", "lazy", steps=1)) == 0
+    assert any("lazy" in str(w.message) for w in caught)
+
+
+@pytest.mark.slow
+def test_graph_mode_gives_the_eager_loss(data, tmp_path):
+    config = str(write_config(tmp_path / "bert_config.json"))
+    losses = {}
+    for mode in ("eager", "graph"):
+        out = tmp_path / mode
+        assert main(pretraining_args(data[1], out, "--mode", mode, steps=2, accumulation=1, config=config)) == 0
+        losses[mode] = step_losses(out)
+    for step in (1, 2):
+        assert losses["graph"][step] == pytest.approx(losses["eager"][step], rel=1e-4)
