@@ -1,0 +1,197 @@
+"""SQuAD fine-tuning and inference throughput: our loop vs the plain transformers Trainer.
+
+    python -m benchmarks.finetune_squad                 # CPU, small shape (hidden 128, 2 layers), fp32
+    python -m benchmarks.finetune_squad --device cuda   # BERT-base shape, seq 384, batch 24, bf16
+
+Both sides train the same randomly initialised ``BertForQuestionAnswering`` (SDPA attention, same
+seed), on the same SQuAD dev questions turned into the same features, with the same batch size,
+precision and optimizer (fused AdamW: the Trainer's default ``adamw_torch_fused``). The Trainer gets
+its inputs as ``run_qa.py`` feeds it by default: every feature padded to ``--max_seq_length``; ours pads
+each batch to its longest feature (x8) and, for inference, batches features of similar length.
+A second comparison line shows the Trainer with per-batch padding too (DataCollatorWithPadding,
+pad_to_multiple_of=8), so the gain from padding and the gain from the loop itself can be told apart.
+Prints one line per comparison: sequences/s of each and the ratio ours / theirs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared" / "data"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--squad_file", default=str(SHARED / "squad" / "dev-v1.1.json"))
+    parser.add_argument("--vocab_file", default=str(SHARED / "vocab" / "bert-base-uncased-vocab.txt"))
+    parser.add_argument("--questions", type=int, default=None, help="dev questions to use (default: by device)")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: by device)")
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--max_seq_length", type=int, default=None)
+    parser.add_argument("--data_type", choices=("fp32", "bf16"), default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+DEFAULTS = {  # device -> (shape, questions, steps, batch, seq, precision)
+    "cpu": (dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+            400, 20, 16, 256, "fp32"),
+    "cuda": (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+             4000, 100, 24, 384, "bf16"),
+}
+
+
+def make_model(shape: dict, vocab_size: int, seed: int):
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, **shape)
+    return BertForQuestionAnswering._from_config(config, attn_implementation="sdpa")
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Our numpy features as the dicts of lists the Trainer's collators expect (optionally padded)."""
+
+    def __init__(self, inputs, pad_to: int = 0, labels: bool = True):
+        self.inputs, self.pad_to, self.labels = inputs, pad_to, labels
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, index):
+        item = self.inputs[index]
+        ids, types = item["input_ids"].tolist(), item["token_type_ids"].tolist()
+        pad = max(0, self.pad_to - len(ids))
+        row = {"input_ids": ids + [0] * pad, "token_type_ids": types + [0] * pad,
+               "attention_mask": [1] * len(ids) + [0] * pad}
+        if self.labels:
+            row["start_positions"], row["end_positions"] = item["start_positions"], item["end_positions"]
+        return row
+
+
+def trainer_run(model, train_inputs, eval_inputs, args, device, padded: bool):
+    """(train sequences/s, inference sequences/s) of a plain transformers Trainer."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
+
+    from finetuning.model_loading import tokenizer_from_vocab
+
+    pad_to = args.max_seq_length if padded else 0
+    collator = default_data_collator if padded else DataCollatorWithPadding(
+        tokenizer_from_vocab(args.vocab_file), pad_to_multiple_of=8)
+    with tempfile.TemporaryDirectory() as scratch:
+        training_args = TrainingArguments(
+            output_dir=scratch, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+            max_steps=args.steps, learning_rate=3e-5, bf16=args.data_type == "bf16", use_cpu=device == "cpu",
+            report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=1,
+            dataloader_num_workers=0, max_grad_norm=1.0, optim="adamw_torch_fused")
+        trainer = Trainer(model=model, args=training_args, train_dataset=FeatureDataset(train_inputs, pad_to),
+                          data_collator=collator)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its own metrics dict
+            trainer.train()
+        _sync(device)
+        train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
+        start = time.perf_counter()
+        trainer.predict(FeatureDataset(eval_inputs, pad_to, labels=False))
+        _sync(device)
+        infer_rate = len(eval_inputs) / (time.perf_counter() - start)
+    return train_rate, infer_rate
+
+
+def ours_run(model, train_inputs, eval_features, args, device):
+    """(train sequences/s, inference sequences/s) of finetuning.loop, as the SQuAD task runs it."""
+    from central.distributed import DistEnv
+    from central.dllog import DLLogger
+    from finetuning import loop
+    from finetuning.squad_task import predict_logits
+
+    runtime = loop.Runtime(device, "eager", args.data_type, torch.device(device), DistEnv())
+    train_args = argparse.Namespace(
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, num_train_epochs=1.0,
+        max_steps=args.steps, learning_rate=3e-5, weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0,
+        warmup_steps=0, warmup_proportion=0.0, logging_steps=0, save_steps=0, seed=1, disable_progress_bar=True,
+        output_dir=None, per_device_eval_batch_size=args.batch_size)
+    start = time.perf_counter()
+    loop.train(model, train_inputs, train_args, runtime, DLLogger(None, enabled=False))
+    _sync(device)
+    train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    predict_logits(model, eval_features, train_args, runtime, None)
+    _sync(device)
+    infer_rate = len(eval_features) / (time.perf_counter() - start)
+    return train_rate, infer_rate
+
+
+def warm_up(model, train_inputs, args) -> None:
+    """A few untimed steps so that process-wide first-use costs (allocator, kernels) do not favour a side."""
+    from finetuning.loop import PaddingCollator
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    for start in range(0, 3 * args.batch_size, args.batch_size):
+        batch = {k: v.to(args.device) for k, v in PaddingCollator()(train_inputs[start:start + args.batch_size]).items()}
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.data_type == "bf16"):
+            model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    _sync(args.device)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("finetune_squad: skipped (--device cuda, but no CUDA device is available)")
+        return 0
+    shape, questions, steps, batch, seq, precision = DEFAULTS[args.device]
+    args.questions, args.steps = args.questions or questions, args.steps or steps
+    args.batch_size, args.max_seq_length = args.batch_size or batch, args.max_seq_length or seq
+    args.data_type = args.data_type or precision
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from finetuning.model_loading import tokenizer_from_vocab
+    from finetuning.squad_data import read_squad
+    from finetuning.squad_features import build_features
+
+    tokenizer = tokenizer_from_vocab(args.vocab_file)
+    examples = read_squad(args.squad_file)[:args.questions]
+    train = build_features(examples, tokenizer, args.max_seq_length, 128, 64, training=True)
+    evaluation = build_features(examples, tokenizer, args.max_seq_length, 128, 64)
+    # The same number of training sequences on both sides: repeat the features to cover all steps.
+    needed = args.steps * args.batch_size
+    train_inputs = (train.inputs * (needed // len(train.inputs) + 1))[:needed]
+    lengths = [len(item["input_ids"]) for item in evaluation.inputs]
+    print(f"finetune_squad: device {args.device}, {args.data_type}, batch {args.batch_size}, max_seq_length "
+          f"{args.max_seq_length}, shape {shape}, {args.steps} training steps, {len(evaluation)} inference "
+          f"features (mean length {sum(lengths) / len(lengths):.0f}), torch threads {torch.get_num_threads()}")
+
+    vocab = len(tokenizer)
+    warm_up(make_model(shape, vocab, 0).to(args.device), train_inputs, args)  # one-time costs hit neither side
+    ours = ours_run(make_model(shape, vocab, 0).to(args.device), train_inputs, evaluation, args, args.device)
+    padded = trainer_run(make_model(shape, vocab, 0), train_inputs, evaluation.inputs, args, args.device, True)
+    dynamic = trainer_run(make_model(shape, vocab, 0), train_inputs, evaluation.inputs, args, args.device, False)
+    for label, index in (("fine-tuning", 0), ("inference", 1)):
+        print(f"squad {label} sequences/s: ours {ours[index]:.1f} vs transformers Trainer (padded to "
+              f"max_seq_length, as run_qa.py) {padded[index]:.1f} -> ratio {ours[index] / padded[index]:.2f}x")
+        print(f"squad {label} sequences/s: ours {ours[index]:.1f} vs transformers Trainer (per-batch padding x8) "
+              f"{dynamic[index]:.1f} -> ratio {ours[index] / dynamic[index]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
