@@ -47,12 +47,24 @@ def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(err, OSError):
-            raise CheckpointWriteError(f"cannot write {path}: {err.strerror or err}") from err
+        os_error = _os_error_in_chain(err)
+        if os_error is not None:
+            raise CheckpointWriteError(f"cannot write {path}: {os_error.strerror or os_error}") from err
         if isinstance(err, RuntimeError) and "write" in str(err).lower():
             raise CheckpointWriteError(f"cannot write {path}: {err}") from err
         raise
     return path
+
+
+def _os_error_in_chain(err: BaseException) -> Optional[OSError]:
+    """The OSError behind ``err`` (torch.save wraps a failed write, e.g. a full disk, in RuntimeErrors)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -81,8 +93,15 @@ def remove_stale_temporaries(directory: PathLike, name_prefix: str = "") -> List
     return stale
 
 
+def save_torch_file(obj, path: PathLike) -> None:
+    """torch.save through a Python file object, so that a failed write (full disk, file size limit)
+    surfaces as the OSError it is rather than only as a C++ stream error."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def atomic_torch_save(obj, path: PathLike) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: save_torch_file(obj, tmp))
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

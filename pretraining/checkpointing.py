@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from central.checkpoint import CheckpointError, atomic_write, keep_last, list_checkpoints, safe_load
+from central.checkpoint import (CheckpointError, atomic_write, keep_last, list_checkpoints, safe_load,
+                                save_torch_file)
 from pretraining.fault_injection import stall_inside_checkpoint_write
 from pretraining.hf_conversion import strip_wrapper_prefixes
 
@@ -74,7 +75,7 @@ def gather_rank_states(local: dict) -> List[dict]:
 def save_checkpoint(state: dict, output_dir: Path, keep: int) -> Path:
     """Write ``ckpt_<state['step']>.pt`` atomically, then prune to the newest ``keep`` (rank 0 calls this)."""
     def write(tmp_path: str) -> None:
-        torch.save(state, tmp_path)
+        save_torch_file(state, tmp_path)
         stall_inside_checkpoint_write()  # test hook; inert unless a fault test sets it
 
     path = Path(output_dir) / f"ckpt_{state['step']}.pt"

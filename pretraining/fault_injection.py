@@ -13,10 +13,11 @@ NAN_LOSS_AT_STEP_ENV = "BERT_TEST_NAN_LOSS_AT_STEP"        # absolute step whose
 CHECKPOINT_STALL_ENV = "BERT_TEST_CHECKPOINT_STALL_S"      # seconds to sleep before a save's rename
 
 
-def injected_loss_fault(step: int) -> float:
-    """NaN when the tests asked for a non-finite loss at ``step`` (added to the loss), else 0.0."""
+def injected_loss_fault(step: int, first_attempt: bool) -> float:
+    """NaN (added to the loss) on the first attempt at the step the tests named, else 0.0; a retried
+    step (after --nonfinite_loss skip) computes normally."""
     wanted = os.environ.get(NAN_LOSS_AT_STEP_ENV)
-    return float("nan") if wanted and int(wanted) == step else 0.0
+    return float("nan") if wanted and int(wanted) == step and first_attempt else 0.0
 
 
 def stall_inside_checkpoint_write() -> None:

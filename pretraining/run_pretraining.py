@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dist_timeout", type=float, default=1800.0, help="seconds a collective may wait")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     parser.add_argument("--log_param_checksum", action="store_true",
+                        default=os.environ.get("BERT_LOG_PARAM_CHECKSUM") == "1",
                         help="debug: each rank appends '<step> <SHA-256 of its parameters> <shard read>' per "
-                             "step to <output_dir>/param_checksums.rank<r>.txt")
+                             "step to <output_dir>/param_checksums.rank<r>.txt (also: BERT_LOG_PARAM_CHECKSUM=1, "
+                             "which reaches every rank through the launcher)")
     return parser
 
 

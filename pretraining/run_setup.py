@@ -72,13 +72,13 @@ def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) 
     return config, vocab
 
 
-def _check_writable(directory: Path) -> None:
+def _check_writable(directory: Path, flag: str = "--output_dir") -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as err:
-        raise BadInputError(f"--output_dir {directory}: not writable ({err.strerror or err})") from None
+        raise BadInputError(f"{flag} {directory}: not writable ({err.strerror or err})") from None
 
 
 def plan_run(args) -> RunPlan:
@@ -114,6 +114,7 @@ def plan_run(args) -> RunPlan:
     output_dir = Path(args.output_dir)
     _check_writable(output_dir)
     hf_export_dir = Path(args.hf_export_dir) if args.hf_export_dir else output_dir.parent / "hf_export"
+    _check_writable(hf_export_dir, "--hf_export_dir")
     return RunPlan(
         config=config, vocab_file=vocab, files=files, shape=shape,
         micro_batch=args.train_batch_size // args.gradient_accumulation_steps,

@@ -26,7 +26,7 @@ import torch
 from central.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, remove_stale_temporaries
 from central.device import (DeviceUnavailableError, autocast, compile_for_mode, effective_mode, mark_step,
                             resolve_device_kind, torch_device)
-from central.distributed import DistEnv, all_reduce_sum, init_distributed, teardown
+from central.distributed import DistEnv, DistributedSetupError, all_reduce_sum, init_distributed, teardown
 from central.dllog import console
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
@@ -80,7 +80,7 @@ def run(args) -> int:
             return train_phase(args, plan, kind, env, e2e_start)
         finally:
             teardown()
-    except (BadInputError, ShardError, CheckpointError, DeviceUnavailableError) as err:
+    except (BadInputError, ShardError, CheckpointError, DeviceUnavailableError, DistributedSetupError) as err:
         return _fail(args, err, 2)
     except (CheckpointWriteError, NonFiniteLossError) as err:
         return _fail(args, err, 1)
@@ -154,7 +154,7 @@ def accumulate_gradients(args, plan: RunPlan, s: Session, step: int) -> torch.Te
                                                    batch.masked_lm_positions)  # [B, P, V], [B, 2]
                 loss, _, _ = pretraining_loss(mlm_logits, batch.masked_lm_ids, batch.masked_lm_positions,
                                               nsp_logits, batch.next_sentence_labels)
-            loss = loss / plan.accumulation + injected_loss_fault(step)
+            loss = loss / plan.accumulation + injected_loss_fault(step, s.consecutive_skips == 0)
             loss.backward()
         mark_step(s.kind, s.mode)
         total += loss.detach()
