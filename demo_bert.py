@@ -430,6 +430,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LaunchError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C between two commands (during one it is forwarded to the command)
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

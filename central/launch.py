@@ -420,17 +420,38 @@ def failed_rank(output: str) -> Optional[Tuple[int, str]]:
     return None
 
 
-def _pump(source, sinks: List, tail: deque, lock: threading.Lock) -> None:
-    """Copy a child's output to the console (and log) as it comes, keeping the last bytes for diagnosis."""
+class _Tail:
+    """The last ``limit`` bytes a command printed (where mpirun/torchrun name the failed rank)."""
+
+    def __init__(self, limit: int = 65536):
+        self.chunks: deque = deque()
+        self.size, self.limit = 0, limit
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        while self.size - len(self.chunks[0]) >= self.limit:
+            self.size -= len(self.chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "replace")
+
+
+def _pump(source, sinks: List, tail: _Tail, lock: threading.Lock) -> None:
+    """Copy a child's output to the console (and log) as it comes. A sink that breaks (a closed
+    console pipe) is dropped rather than stopping the copy, so the child never blocks on a full pipe."""
     while True:
         chunk = os.read(source.fileno(), 65536)
         if not chunk:
             break
         with lock:
-            tail.append(chunk)
-            for sink in sinks:
-                sink.write(chunk)
-                sink.flush()
+            tail.add(chunk)
+            for sink in list(sinks):
+                try:
+                    sink.write(chunk)
+                    sink.flush()
+                except (OSError, ValueError):
+                    sinks.remove(sink)
 
 
 def _exit_status(returncode: int) -> int:
@@ -446,7 +467,7 @@ def run_command(command: Command, env: Mapping[str, str], stdout=None, stderr=No
     if command.log_file:
         Path(command.log_file).parent.mkdir(parents=True, exist_ok=True)
         log = open(command.log_file, "ab")
-    tail: deque = deque(maxlen=64)
+    tail = _Tail()
     lock = threading.Lock()
     try:
         # Own process group: a signal reaches every process of the job (mpirun, torchrun, ranks) via killpg.
@@ -476,7 +497,14 @@ def run_command(command: Command, env: Mapping[str, str], stdout=None, stderr=No
             pump.start()
         returncode = child.wait()
         for pump in pumps:
-            pump.join()
+            pump.join(timeout=3)
+        if any(pump.is_alive() for pump in pumps):  # orphans of the job still hold its output open
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            for pump in pumps:
+                pump.join()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -484,7 +512,7 @@ def run_command(command: Command, env: Mapping[str, str], stdout=None, stderr=No
         child.stderr.close()
         if log:
             log.close()
-    return _exit_status(returncode), b"".join(tail).decode("utf-8", "replace")
+    return _exit_status(returncode), tail.text()
 
 
 def run_plan(plan: Plan, environ: Optional[Mapping[str, str]] = None, stdout=None, stderr=None,

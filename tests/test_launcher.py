@@ -430,3 +430,43 @@ def test_a_checkpoint_as_pretraining_model_starts_phase_one(shards, tmp_path):
     (tmp_path / "bert_config.json").write_text("{}")
     one = flags_of(pretraining_plan(shards, tmp_path, "--model_name_or_path", str(ckpt)).commands[0])
     assert one.config_file == str(tmp_path / "bert_config.json")
+
+
+def test_runner_does_not_wait_forever_for_orphans_holding_the_output(tmp_path):
+    import io
+    import time
+
+    # The command exits at once but leaves a background process that keeps its stdout open.
+    code = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])"
+    plan = launch.Plan((launch.Command("leaves-orphan", _python(code)),))
+    started = time.monotonic()
+    assert launch.run_plan(plan, stdout=io.BytesIO(), stderr=io.BytesIO()) == 0
+    assert time.monotonic() - started < 60
+
+
+def test_tail_keeps_the_last_bytes():
+    tail = launch._Tail(limit=10)
+    for chunk in (b"aaaa", b"bbbb", b"cccc", b"dd"):
+        tail.add(chunk)
+    assert tail.text().endswith("bbbbccccdd") and len(tail.text()) <= 14
+
+
+@pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
+def test_multi_node_plan_from_a_hostfile(shards, tmp_path, monkeypatch, launcher):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
+    plan = pretraining_plan(shards, tmp_path, "--hostfile", str(hostfile), "--process_per_node", "4",
+                            "--launcher", launcher, "--batch_size", "64", "8", "--accumulate_gradients")
+    assert plan.env["MASTER_ADDR"] == "node-a"
+    launcher_argv, _, flags = split_script(list(plan.commands[0].argv))
+    if launcher == "mpirun":
+        assert launcher_argv[:3] == ["mpirun", "-n", "8"]
+        assert launcher_argv[launcher_argv.index("--hostfile") + 1] == str(hostfile)
+        assert launcher_argv[launcher_argv.index("--map-by") + 1].startswith("ppr:4:node:PE=")
+    else:
+        assert "--nnodes=2" in launcher_argv and "--nproc_per_node=4" in launcher_argv
+        assert "--rdzv_endpoint=node-a:12345" in launcher_argv
+    # 8 ranks x 64 per device: 65536 / 512 = 128 accumulation steps, 8192 sequences per rank and step.
+    assert "--train_batch_size=8192" in flags and "--gradient_accumulation_steps=128" in flags
