@@ -110,6 +110,9 @@ def problems(source: str, filename: str) -> List[str]:
             found.append(f"{where}: save_pretrained without safetensors")
         elif name in ("eval", "exec") and call.args and not isinstance(call.args[0], ast.Constant):
             found.append(f"{where}: {name} of a computed string")
+        remote = _keyword(call, "trust_remote_code")
+        if remote is not None and not (isinstance(remote, ast.Constant) and remote.value is False):
+            found.append(f"{where}: trust_remote_code runs code from the hub")
     return found
 
 
@@ -127,9 +130,10 @@ subprocess.run("ls " + p, shell=True)
 os.system(cmd)
 model.save_pretrained(d, safe_serialization=False)
 eval(text)
+AutoModel.from_pretrained(name, trust_remote_code=True)
 """
     flagged = [int(line.split(":")[1]) for line in problems(bad, "bad.py")]
-    assert flagged == list(range(4, 14)), problems(bad, "bad.py")  # every line after the imports
+    assert flagged == list(range(4, 15)), problems(bad, "bad.py")  # every line after the imports
     good = """
 import torch, subprocess, numpy as np
 torch.load(p, weights_only=True, map_location="cpu")
