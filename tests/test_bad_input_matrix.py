@@ -216,6 +216,7 @@ BUILDERS = {
     "ckpt_no_model": lambda root: _checkpoint(root / "no_model" / "ckpt_4.pt", config=_tiny_config(), step=4),
     "model_dir_no_config": lambda root: _folder(root, "no_config", {"model.safetensors": "not really weights"}),
     "hostfile_empty": lambda root: _write(root / "hosts.txt", "# no hosts yet\n\n"),
+    "hostfile_two": lambda root: _write(root / "two_hosts.txt", "node-a slots=8\nnode-b slots=8\n"),
     "squad_ok": lambda root: _folder(root, "squad_ok", {"train-v1.1.json": SQUAD_DEV, "dev-v1.1.json": SQUAD_DEV}),
     "squad_not_json": lambda root: _folder(root, "squad_not_json", {"train-v1.1.json": "{ this is not json"}),
     "squad_v2": lambda root: _folder(root, "squad_v2", {"train-v1.1.json": _squad(version="2.0")}),
@@ -232,6 +233,7 @@ BUILDERS = {
     "corpus": lambda root: _write(root / "corpus.txt", "the cat sat on the mat .\nthe dog ran .\n\n"
                                                        "tok5 tok6 tok7 .\ntok8 tok9 .\n"),
     "corpus_empty": lambda root: _write(root / "corpus_empty.txt", "\n\n\n"),
+    "corpus_jsonl_bad": lambda root: _write(root / "corpus.jsonl", '{"text": "one document ."}\n{"text": \n'),
     "predict_lines_bad": lambda root: _write(root / "pairs.jsonl", '{"sentence1": "a", "sentence2": "b"}\nnot json\n'),
 }
 # Built inside each row's own output folder {tmp}: the row must leave them exactly as they were.
@@ -290,7 +292,7 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(BERT_DISABLE_PROGRESS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
-    env.pop("CI_DEBUG", None)
+    env.pop("MULTI_HLS_IPS", None)  # would stand in for a hostfile
     return env
 
 
