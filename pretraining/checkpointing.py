@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from pretraining.fault_injection import stall_inside_checkpoint_write
 from pretraining.hf_conversion import strip_wrapper_prefixes
 
 CHECKPOINT_FORMAT = 1
+# Config entries that decide the parameter shapes (dropout and the like may change between phases).
+SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size")
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "phase", "phase_step", "step", "ranks", "config")
 
 
@@ -176,16 +179,22 @@ def load_start_point(args, phase: int, config_dict: dict, file_names: List[str],
                      warn: Callable[[str], None]) -> StartPoint:
     """Load model/optimizer state where a checkpoint applies and say where training starts.
 
-    * --resume_from_checkpoint and a valid ckpt in --output_dir of this phase: continue exactly
-      (optimizer, schedule, data position, RNG of every rank);
-    * ...of phase 1 while this is phase 2, or --init_checkpoint: weights and optimizer moments, with
-      the optimizer's step and lr reset for this phase's schedule (the reference's phase-2 start);
-    * nothing found: from scratch.
+    * --resume_from_checkpoint and a valid ckpt of this phase in --output_dir (``ckpt_<resume_step>``
+      when that is given without --init_checkpoint, else the newest): continue exactly (optimizer,
+      schedule, data position, RNG of every rank). This is what makes re-running a killed command work,
+      --init_checkpoint or not;
+    * else --init_checkpoint, or (phase 2) phase 1's newest checkpoint in --output_dir: its weights and
+      optimizer moments, with the optimizer's step and lr reset for this phase's schedule (the
+      reference's phase-2 start);
+    * else from scratch.
     """
     found = None
     if args.resume_from_checkpoint:
-        found = find_resume_checkpoint(Path(args.output_dir), args.resume_step, warn)
-        if found is None:
+        explicit_step = args.resume_step if not args.init_checkpoint else -1  # with init: the init's step
+        found = find_resume_checkpoint(Path(args.output_dir), explicit_step, warn)
+        if found is not None and int(found[1]["phase"]) < phase and args.init_checkpoint:
+            found = None  # an explicit --init_checkpoint beats the previous phase's checkpoint
+        elif found is None:
             warn(f"note: no checkpoint in {args.output_dir} to resume from"
                  + ("; starting from --init_checkpoint" if args.init_checkpoint else "; starting from scratch"))
     from_init = found is None and bool(args.init_checkpoint)
@@ -195,9 +204,9 @@ def load_start_point(args, phase: int, config_dict: dict, file_names: List[str],
         return StartPoint()
     path, state = found
     saved_config = state.get("config")
-    if saved_config is not None and saved_config != config_dict:
-        changed = sorted(k for k in config_dict if saved_config.get(k) != config_dict[k])
-        raise CheckpointError(f"checkpoint {path} was trained with a different model config "
+    changed = [k for k in SHAPE_KEYS if saved_config is not None and saved_config.get(k) != config_dict[k]]
+    if changed:
+        raise CheckpointError(f"checkpoint {path} was trained with a different model shape "
                               f"({', '.join(f'{k} {saved_config.get(k)} vs {config_dict[k]}' for k in changed)})")
     saved_phase = int(state.get("phase", 1))
     if not from_init and saved_phase > phase:

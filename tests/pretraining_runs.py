@@ -1,7 +1,8 @@
 """Command lines and result readers for the pre-training tests (tiny model, synthetic shards)."""
 import json
+import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import torch
@@ -19,8 +20,16 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-def subprocess_env(child_env: dict) -> dict:
-    """child_env plus one thread per process (see single_thread)."""
+def subprocess_env(child_env: Optional[dict] = None) -> dict:
+    """Environment for training subprocesses: conftest's child_env (or the same built here, for
+    module-scoped fixtures, which cannot use that per-test fixture) plus one thread per process."""
+    if child_env is None:
+        child_env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
+        child_env["BERT_DISABLE_PROGRESS"] = "1"
+        child_env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        child_env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     return {**child_env, "OMP_NUM_THREADS": "1"}
 
 

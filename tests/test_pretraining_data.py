@@ -3,7 +3,6 @@ import re
 import threading
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch

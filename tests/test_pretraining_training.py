@@ -177,3 +177,31 @@ def test_graph_mode_gives_the_eager_loss(data, tmp_path):
         losses[mode] = step_losses(out)
     for step in (1, 2):
         assert losses["graph"][step] == pytest.approx(losses["eager"][step], rel=1e-4)
+
+
+def test_init_checkpoint_starts_a_new_schedule_and_a_rerun_continues_it(data, uninterrupted, tmp_path, capsys):
+    """The launcher's form: --resume_from_checkpoint --init_checkpoint=P --resume_step=<P's step>."""
+    reference, _ = uninterrupted
+    init = tmp_path / "phase1_end.pt"
+    torch.save(torch.load(reference / "checkpoints" / "ckpt_4.pt", weights_only=True), init)
+    launcher_flags = ["--resume_from_checkpoint", f"--init_checkpoint={init}", "--resume_step=4"]
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(pretraining_args(data[1], out, *launcher_flags, "--steps_this_run", "2", steps=6)) == 0
+    assert f"weights of {init} (phase 1, step 4), new schedule" in capsys.readouterr().out
+    first = newest_checkpoint(out)
+    assert (first["step"], first["optimizer"]["param_groups"][0]["step"]) == (2, 2)  # counted from 0 again
+    assert main(pretraining_args(data[1], out, *launcher_flags, steps=6)) == 0  # the same command again
+    assert f"resumed from {out / 'checkpoints'}/ckpt_2.pt" in capsys.readouterr().out
+    assert newest_checkpoint(out)["step"] == 6
+
+
+def test_a_checkpoint_of_another_shape_is_refused(data, uninterrupted, tmp_path, capsys):
+    reference, _ = uninterrupted
+    config = str(write_config(tmp_path / "bert_config.json"))  # hidden 32; the checkpoint has 64
+    init = reference / "checkpoints" / "ckpt_4.pt"
+    capsys.readouterr()
+    assert main(pretraining_args(data[1], tmp_path / "run", "--init_checkpoint", str(init), config=config)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"checkpoint {init} was trained with a different model shape" in err[0]
+    assert "hidden_size 64 vs 32" in err[0]
