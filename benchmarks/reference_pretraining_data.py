@@ -1,8 +1,8 @@
 """The named alternative for benchmarks/data_prep.py: the reference's way of building instances.
 
 A straightforward implementation of the same Google/NVIDIA algorithm, structured like the reference
-create_pretraining_data.py: pure-Python WordPiece (``transformers.BertTokenizer``, the slow tokenizer),
-documents as Python lists of token lists, one instance at a time with ``random.Random``, features
+create_pretraining_data.py: pure-Python WordPiece (``transformers``' BertTokenizerLegacy, the port of
+BERT's original tokenization.py), documents as Python lists of token lists, one instance at a time with ``random.Random``, features
 collected in Python lists and written with h5py's default gzip level. It is also the yardstick the
 tests use to check that the fast implementation (data.instances) has the same statistics.
 """
@@ -122,3 +122,37 @@ def write_hdf5(instances, path: str, max_seq_length: int, max_predictions: int) 
     with h5py.File(path, "w") as handle:
         for name, values in features.items():
             handle.create_dataset(name, data=values, dtype=values.dtype, compression="gzip")
+
+
+def main(argv=None) -> None:
+    """Same command line as data.create_pretraining_data (the subset the benchmark uses)."""
+    import argparse
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.models.bert import BertTokenizerLegacy
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input_file", required=True)
+    parser.add_argument("--output_file", required=True)
+    parser.add_argument("--vocab_file", required=True)
+    parser.add_argument("--do_lower_case", type=int, default=1)
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--max_predictions_per_seq", type=int, default=20)
+    parser.add_argument("--masked_lm_prob", type=float, default=0.15)
+    parser.add_argument("--short_seq_prob", type=float, default=0.1)
+    parser.add_argument("--dupe_factor", type=int, default=10)
+    parser.add_argument("--random_seed", type=int, default=12345)
+    args = parser.parse_args(argv)
+    tokenizer = BertTokenizerLegacy(args.vocab_file, do_lower_case=bool(args.do_lower_case))
+    vocab = tokenizer.vocab
+    documents = read_documents(args.input_file, tokenizer)
+    instances = create_instances(documents, args.max_seq_length, args.max_predictions_per_seq, args.masked_lm_prob,
+                                 args.short_seq_prob, args.dupe_factor, len(vocab), vocab["[CLS]"], vocab["[SEP]"],
+                                 vocab["[MASK]"], random.Random(args.random_seed))
+    write_hdf5(instances, args.output_file, args.max_seq_length, args.max_predictions_per_seq)
+    print(f"wrote {args.output_file}: {len(instances)} instances")
+
+
+if __name__ == "__main__":
+    main()

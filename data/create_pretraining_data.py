@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from data.errors import DataPrepError, run_main
 from data.hdf5_shards import CHUNK_ROWS, DEFAULT_GZIP_LEVEL, ShardWriter
 from data.instances import InstanceOptions, build_block, pair_spans, truncate_spans
 from data.tokenization import TOKENIZER_CHOICES, make_tokenizer, tokenize_files
-from data.vocab import Vocab, load_vocab
+from data.vocab import Vocab, casing_warning, load_vocab
 
 BLOCK_ROWS = 4 * CHUNK_ROWS  # instances packed and masked at once: bounds memory (~10 MB per block at L=128)
 
@@ -110,8 +111,8 @@ def add_instance_arguments(parser: argparse.ArgumentParser, dupe_factor_default:
     parser.add_argument("--short_seq_prob", type=float, default=0.1)
     parser.add_argument("--dupe_factor", type=int, default=dupe_factor_default)
     parser.add_argument("--random_seed", type=int, default=12345)
-    parser.add_argument("--whole_word_masking", "--do_whole_word_mask", action="store_true",
-                        help="mask whole words (all ## pieces of a word together)")
+    parser.add_argument("--whole_word_masking", "--do_whole_word_mask", type=parse_bool, nargs="?", const=True,
+                        default=False, help="mask whole words (all ## pieces of a word together)")
     parser.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default="auto",
                         help="auto: blingfire for the stock BERT vocabs, tokenizers' WordPiece otherwise")
     parser.add_argument("--gzip_level", type=int, choices=range(0, 10), default=DEFAULT_GZIP_LEVEL, metavar="0-9",
@@ -143,6 +144,9 @@ def main(argv: List[str]) -> None:
         raise DataPrepError("--vocab_file is required (train one with: python -m data.vocab --input ... --output vocab.txt)")
     options = instance_options(args)
     vocab = load_vocab(args.vocab_file)
+    warning = casing_warning(vocab, args.do_lower_case)
+    if warning:
+        print(warning, file=sys.stderr)
     stats = create_shard(input_files(args.input_file), args.output_file, vocab, options, args.random_seed,
                          args.do_lower_case, args.tokenizer, args.gzip_level)
     print(f"wrote {stats.output}: {stats.instances} instances from {stats.documents} documents, "

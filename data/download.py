@@ -8,6 +8,7 @@ place. Any network failure becomes one line saying what to fetch and where to pu
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import urllib.error
@@ -115,18 +116,23 @@ def fetch(url: str, dest: Path, checksum: Optional[Checksum], show_progress: boo
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else None
             bar = progress(total=total, desc=f"download {dest.name}", unit="B", enabled=show_progress, initial=offset)
+            received = 0
             try:
                 with open(part, "ab" if resumed else "wb") as out:
                     for piece in iter(lambda: response.read(READ_BYTES), b""):
                         out.write(piece)
+                        received += len(piece)
                         bar.update(len(piece))
-            except (urllib.error.URLError, OSError, ConnectionError) as err:
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
                 if isinstance(err, OSError) and err.filename:
                     raise
                 raise DataPrepError(f"download of {url} broke off ({err}); run again to resume from "
                                     f"{part.stat().st_size} bytes") from None
             finally:
                 bar.close()
+            if length and length.isdigit() and received < int(length):  # the server closed early
+                raise DataPrepError(f"download of {url} broke off after {offset + received} of {total} bytes; "
+                                    "run again to resume")
     if checksum is not None:
         got = file_digest(part, checksum.algorithm)
         if got != checksum.hexdigest:

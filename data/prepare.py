@@ -15,19 +15,19 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from central.dllog import progress
-from data import download as downloads
 from data.create_pretraining_data import ShardStats, add_instance_arguments, create_shard, instance_options
 from data.errors import DataPrepError, run_main
-from data.formatting import corpus_files, format_books, format_custom, format_wikipedia
-from data.glue_mrpc import build_mrpc, matches_glue
 from data.layout import CORPUS_PARTS, DATASETS, FINETUNING_DATASETS, WEIGHTS_DATASET, Layout, working_dir
-from data.sharding import shard_documents
-from data.vocab import load_vocab, train_vocab
+from data.vocab import casing_warning, load_vocab, train_vocab
+
+# The download, formatting and sharding modules are imported by the action that uses them, so that
+# create_hdf5_files (run once per phase over hundreds of shards) starts without loading them.
 
 ACTIONS = ("download", "text_formatting", "sharding", "create_hdf5_files")
 
@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_path", default=None,
                         help="text_formatting: a dump / WikiExtractor output / folder of books or of your corpus "
                              "(default: the dataset's download folder)")
-    parser.add_argument("--wiki_dump_url", default=downloads.WIKI_DUMP_URL,
-                        help="Wikimedia dump to download (another language or date works the same)")
+    parser.add_argument("--wiki_dump_url", default=None,
+                        help="Wikimedia dump to download (default: the latest English one; another language or "
+                             "date works the same)")
     parser.add_argument("--skip_wikiextractor", type=int, default=0,
                         help="1: format the WikiExtractor output in extracted/wikicorpus_en instead of the dump")
     parser.add_argument("--n_training_shards", type=int, default=256)
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _local_corpus(args, layout: Layout) -> None:
     """BookCorpus and custom corpora are local folders: check there is something to format."""
+    from data.formatting import corpus_files
+
     folder = Path(args.input_path) if args.input_path else layout.download(args.dataset)
     if not folder.exists():
         if args.dataset == "bookscorpus":
@@ -69,17 +72,21 @@ def _local_corpus(args, layout: Layout) -> None:
 
 
 def action_download(args, layout: Layout) -> None:
+    from data import download as downloads
+    from data.glue_mrpc import build_mrpc, matches_glue
+
     dataset = args.dataset
     if dataset == "wikicorpus_en":
         dest = layout.download(dataset) / "wikicorpus_en.xml.bz2"
+        url = args.wiki_dump_url or downloads.WIKI_DUMP_URL
         try:
-            checksum = downloads.wiki_checksum(args.wiki_dump_url)
+            checksum = downloads.wiki_checksum(url)
         except DataPrepError as err:
             if dest.is_file():  # offline with the dump already in place: go on, unverified
                 print(f"warning: {err}; keeping {dest} unverified")
                 return
             raise DataPrepError(f"{err}; without network, put the dump at {dest} and run text_formatting") from None
-        downloads.fetch(args.wiki_dump_url, dest, checksum)
+        downloads.fetch(url, dest, checksum)
     elif dataset in ("bookscorpus", "custom"):
         _local_corpus(args, layout)
     elif dataset == "books_wiki_en_corpus":
@@ -120,6 +127,8 @@ def _wikipedia_source(args, layout: Layout) -> Path:
 
 
 def action_text_formatting(args, layout: Layout) -> None:
+    from data.formatting import format_books, format_custom, format_wikipedia
+
     if args.dataset in FINETUNING_DATASETS + (WEIGHTS_DATASET,):
         raise DataPrepError(f"{args.dataset} needs no text_formatting (run --action download)")
     if args.dataset == "books_wiki_en_corpus" and args.input_path:
@@ -146,6 +155,8 @@ def _corpus_dataset(args) -> None:
 
 
 def action_sharding(args, layout: Layout) -> None:
+    from data.sharding import shard_documents
+
     _corpus_dataset(args)
     inputs = [layout.formatted(part) for part in CORPUS_PARTS[args.dataset]]
     output_dir = layout.sharded(args.dataset, args.n_training_shards, args.n_test_shards, args.fraction_test_set)
@@ -166,6 +177,11 @@ def _shard_job(job) -> ShardStats:
     return create_shard([text_path], output, load_vocab(vocab_path), options, seed, do_lower_case, tokenizer, gzip_level)
 
 
+def _shard_number(path: Path) -> tuple:
+    suffix = path.stem.rpartition("_")[2]
+    return (int(suffix), path.name) if suffix.isdigit() else (-1, path.name)
+
+
 def _worker_init() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per shard already uses the cores
 
@@ -176,7 +192,8 @@ def action_create_hdf5_files(args, layout: Layout) -> None:
     if args.n_processes < 1:
         raise DataPrepError(f"--n_processes {args.n_processes} must be at least 1")
     shard_dir = layout.sharded(args.dataset, args.n_training_shards, args.n_test_shards, args.fraction_test_set)
-    shards = sorted(shard_dir.glob(f"{args.dataset}_training_*.txt")) + sorted(shard_dir.glob(f"{args.dataset}_test_*.txt"))
+    shards = [shard for split in ("training", "test")  # numeric order: shard i gets seed random_seed + i
+              for shard in sorted(shard_dir.glob(f"{args.dataset}_{split}_*.txt"), key=_shard_number)]
     if not shards:
         raise DataPrepError(f"no text shards in {shard_dir}: run --action sharding with the same --n_training_shards, "
                             "--n_test_shards and --fraction_test_set first")
@@ -192,6 +209,9 @@ def action_create_hdf5_files(args, layout: Layout) -> None:
             training = [p for p in shards if "_training_" in p.name]
             vocab = train_vocab(training, vocab_path, vocab_size=args.vocab_size, lowercase=bool(lower))
             print(f"trained a {'lower-cased' if lower else 'cased'} WordPiece vocab of {vocab.size} tokens: {vocab_path}")
+    warning = casing_warning(vocab, bool(lower))
+    if warning:
+        print(warning, file=sys.stderr)
     output_dir = layout.hdf5(args.dataset, lower, args.max_seq_length, args.max_predictions_per_seq,
                              args.masked_lm_prob, args.random_seed, args.dupe_factor, args.whole_word_masking)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -201,17 +221,25 @@ def action_create_hdf5_files(args, layout: Layout) -> None:
     bar = progress(total=len(jobs), desc="hdf5 shards", unit="shard",
                    enabled=os.environ.get("BERT_DISABLE_PROGRESS") != "1")
     results: List[ShardStats] = []
-    if args.n_processes == 1 or len(jobs) == 1:
-        for job in jobs:
-            results.append(_shard_job(job))
-            bar.update()
-    else:
-        context = multiprocessing.get_context("fork")
-        with context.Pool(min(args.n_processes, len(jobs)), initializer=_worker_init) as pool:
-            for stats in pool.imap_unordered(_shard_job, jobs):
-                results.append(stats)
+    try:
+        if args.n_processes == 1 or len(jobs) == 1:
+            for job in jobs:
+                results.append(_shard_job(job))
                 bar.update()
-    bar.close()
+        else:
+            context = multiprocessing.get_context("fork")
+            with context.Pool(min(args.n_processes, len(jobs)), initializer=_worker_init) as pool:
+                for stats in pool.imap_unordered(_shard_job, jobs):
+                    results.append(stats)
+                    bar.update()
+    except BaseException:
+        # workers stopped mid-shard leave temporaries (never complete-looking names): clear them
+        for job in jobs:
+            for stale in job[1].parent.glob(f".{job[1].name}.tmp*"):
+                stale.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
     _copy_atomic(vocab.path, output_dir / "vocab.txt")
     instances = sum(r.instances for r in results)
     print(f"wrote {len(results)} HDF5 shards ({instances} instances, tokenizer {results[0].tokenizer}) and vocab.txt "

@@ -67,6 +67,11 @@ class BlingfireTokenizer:
         self._unk = vocab.unk_id
         self.model_file = model_file
 
+    def __del__(self):  # the model lives in native memory: free it with the tokenizer (workers make many)
+        model, self._model = getattr(self, "_model", None), None
+        if model:
+            self._blingfire.free_model(model)
+
     def encode_block(self, block: bytes, line_starts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """ids int32 [T] of the whole block and the number of tokens on each line, int64 [n_lines]."""
         capacity = len(block) + 1  # a token covers at least one byte; a full buffer means "retry bigger"

@@ -74,6 +74,17 @@ class Vocab:
         return np.array([tok.startswith(CONTINUATION_PREFIX) for tok in self.tokens], dtype=bool)
 
 
+def casing_warning(vocab: Vocab, do_lower_case: bool):
+    """A warning line when the text keeps its case but the vocab has no upper-case tokens (or None)."""
+    if do_lower_case:
+        return None
+    upper = sum(tok[:1].isupper() for tok in vocab.tokens if not tok.startswith("["))
+    if upper > 0.01 * vocab.size:  # cased vocabs have thousands ("The", "New"); uncased ones a stray symbol
+        return None
+    return (f"warning: {vocab.path} has no upper-case tokens but --do_lower_case is 0: capitalised words will "
+            "mostly become [UNK] (give --do_lower_case 1 for an uncased vocab)")
+
+
 def load_vocab(path) -> Vocab:
     """Read and check a vocab file; anything that is not a WordPiece vocab raises DataPrepError."""
     path = Path(path)
@@ -93,7 +104,7 @@ def load_vocab(path) -> Vocab:
     tokens = [line.strip() for line in lines]
     seen: Dict[str, int] = {}
     for number, token in enumerate(tokens, start=1):
-        if not token or any(ch.isspace() for ch in token):
+        if len(token.split()) != 1:  # empty, or whitespace inside
             raise DataPrepError(f"vocab file {path} is not a vocab: line {number} is {lines[number - 1]!r}, "
                                 "expected a single token")
         if token in seen:
@@ -157,11 +168,13 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--output", required=True, help="where to write vocab.txt")
     parser.add_argument("--vocab_size", type=int, default=30522)
     parser.add_argument("--min_frequency", type=int, default=2)
+    parser.add_argument("--limit_alphabet", type=int, default=1000,
+                        help="most single characters kept (raise it for scripts with many characters, e.g. 8000 for CJK)")
     parser.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     vocab = train_vocab(text_files(args.input), args.output, vocab_size=args.vocab_size,
-                        lowercase=not args.cased, min_frequency=args.min_frequency)
+                        lowercase=not args.cased, min_frequency=args.min_frequency, limit_alphabet=args.limit_alphabet)
     print(f"wrote {vocab.path}: {vocab.size} tokens ({'cased' if args.cased else 'uncased'})")
 
 
