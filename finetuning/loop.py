@@ -43,7 +43,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from central import device as dev
 from central.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, teardown
@@ -195,10 +195,13 @@ def _wrap_for_training(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Mod
 
 
 class _StopRequest:
-    """SIGTERM/SIGINT: finish the current step, save, then stop (a second signal acts as usual)."""
+    """SIGTERM/SIGINT: finish the current step, save, then stop (a second signal acts as usual).
+
+    Under DDP every rank must stop at the same step, so ``should_stop`` takes the maximum over ranks.
+    """
 
     def __init__(self):
-        self.requested = False
+        self.signum = 0
         self._previous = {}
 
     def __enter__(self):
@@ -210,15 +213,28 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def should_stop(self, runtime: "Runtime") -> bool:
+        if not runtime.dist.distributed:
+            return self.signum != 0
+        flag = torch.tensor([float(self.signum)], device=runtime.device)
+        all_reduce_max(flag)
+        self.signum = int(flag.item())
+        return self.signum != 0
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-# --------------------------------------------------------------------------------------------- training
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
 @dataclass
 class TrainResult:
     global_step: int
@@ -226,7 +242,7 @@ class TrainResult:
     final_loss: float            # mean loss of the last logging window
     e2e_train_time: float        # seconds, from the first batch to the end of the last step
     training_sequences_per_second: float  # all ranks together
-    stopped_early: bool = False  # a signal asked the run to stop
+    stopped_by_signal: int = 0   # the signal number that asked the run to stop early (0: it ran to the end)
 
 
 def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Runtime, logger: DLLogger,
@@ -305,7 +321,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                 window_steps += 1
                 bar.update(1)
 
-                done = step >= total_steps or stop.requested
+                done = step >= total_steps or stop.should_stop(runtime)
                 if (logging_steps and step % logging_steps == 0) or done:
                     all_reduce_mean(window_loss)  # every rank's loss, not rank 0's alone
                     loss_value = window_loss.item() / max(1, window_steps)  # the one host sync per window
@@ -328,7 +344,7 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
                     model.train()
                 if done:
                     break
-            if step >= total_steps or stop.requested:
+            if step >= total_steps or stop.signum:
                 break
         elapsed = time.perf_counter() - start
         sequences += window_sequences
@@ -336,12 +352,12 @@ def train(model: torch.nn.Module, features: Sequence[Feature], args, runtime: Ru
     result = TrainResult(global_step=step, average_loss=total_loss / max(1, step), final_loss=last_window_loss,
                          e2e_train_time=elapsed,
                          training_sequences_per_second=sequences * world / max(elapsed, 1e-9),
-                         stopped_early=stop.requested)
+                         stopped_by_signal=stop.signum)
     logger.log([], {"e2e_train_time": result.e2e_train_time,
                     "training_sequences_per_second": result.training_sequences_per_second,
                     "final_loss": result.final_loss, "average_loss": result.average_loss,
                     "global_step": result.global_step})
-    if stop.requested:
+    if stop.signum:
         console("stop requested: finished the current step; saving and exiting", runtime.is_main)
     model.eval()
     return result

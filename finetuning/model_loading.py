@@ -204,7 +204,7 @@ def load_model(name_or_path: str, model_class: Type, vocab_file: Optional[str] =
     if path.is_file() and path.suffix == ".json":
         try:
             config = BertConfig.from_json_file(path)
-        except (OSError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError, AttributeError) as err:  # unreadable, not JSON, not an object
             raise ModelLoadError(f"{FLAG} {path}: not a readable bert_config.json ({_first_line(err)})")
         tokenizer = _require_vocab(vocab_file or _sibling_vocab(path), f"{path} (a bert_config.json)", do_lower_case)
         if config.vocab_size < len(tokenizer):

@@ -107,10 +107,10 @@ def _run(args) -> int:
         result = loop.train(model, features.inputs, args, runtime, logger, collate=collate,
                             save_callback=lambda m, directory: loop.save_model(m, tokenizer, directory, _solo(runtime)))
         loop.save_model(model, tokenizer, args.output_dir, runtime)
-        if result.stopped_early:
+        if result.stopped_by_signal:  # saved; skip evaluation and report the interruption like a shell
             logger.close()
             loop.finish(runtime)
-            return 0
+            return 128 + result.stopped_by_signal
 
     if args.do_eval and runtime.is_main:
         scores = predict_and_score(model, tokenizer, predict_examples, args, runtime, fixed, logger)

@@ -175,3 +175,35 @@ def test_load_model_from_bert_config_json_and_errors(tmp_path, shared_data):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="cannot be loaded"):
         load_model(str(tmp_path / "bad.pt"), BertForSequenceClassification, vocab_file=str(vocab))
+
+
+def test_sigterm_finishes_the_step_then_stops(tmp_path):
+    import signal
+
+    inner = loop.PaddingCollator()
+    calls = []
+
+    def collate_then_signal(features):
+        calls.append(1)
+        if len(calls) == 3:  # arrives while the 3rd step is being prepared
+            os.kill(os.getpid(), signal.SIGTERM)
+        return inner(features)
+
+    before = signal.getsignal(signal.SIGTERM)
+    args = make_args(tmp_path, max_steps=10, logging_steps=0)
+    result = loop.train(qa_model(), toy_features(80), args, cpu_runtime(), loop.DLLogger(None, enabled=False),
+                        collate=collate_then_signal)
+    assert result.stopped_by_signal == signal.SIGTERM and result.global_step == 3
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+def test_load_model_rejects_a_json_that_is_not_a_config(tmp_path, shared_data):
+    from transformers import BertForQuestionAnswering
+
+    bad = tmp_path / "bert_config.json"
+    bad.write_text("[1, 2, 3]")
+    with pytest.raises(ModelLoadError, match="not a readable bert_config.json"):
+        load_model(str(bad), BertForQuestionAnswering,
+                   vocab_file=str(shared_data / "vocab" / "bert-base-uncased-vocab.txt"))
+    with pytest.raises(ModelLoadError, match="--vocab_file .*no such file"):
+        load_model("tiny", BertForQuestionAnswering, vocab_file=str(tmp_path / "missing.txt"))

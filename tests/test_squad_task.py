@@ -2,6 +2,7 @@
 pre-training checkpoint; and every kind of bad input ending with exit status 2 and one line."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,7 +147,6 @@ def test_malformed_squad_file_exits_2_with_one_line(label, text, message, tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: SQuAD file ")
     assert str(bad) in err
-    import re
     assert re.search(message, err), err
     assert not out.exists()  # nothing written for a run that could not start
 
@@ -189,3 +189,19 @@ def test_command_line_exit_status_and_no_traceback(tmp_path, vocab, child_env):
     assert process.returncode == 2, process.stderr
     lines = process.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --model_name_or_path base (hub id bert-base-uncased)")
+
+
+@pytest.mark.mpi
+def test_two_ranks_under_torchrun(squad_dir, vocab, tmp_path, child_env):
+    out = tmp_path / "ddp"
+    process = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+         "-m", "finetuning.run_squad", "--model_name_or_path", "tiny", "--vocab_file", vocab, "--do_train",
+         "--do_eval", "--max_steps", "3", *common(squad_dir, out)],
+        env=dict(child_env, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-2000:]
+    parameters = [r["data"] for r in read_dllogger(out / "dllogger.json") if r["step"] == "PARAMETER"]
+    assert any(p.get("world_size") == 2 for p in parameters)
+    steps = [r["step"][1] for r in read_dllogger(out / "dllogger.json") if isinstance(r["step"], list) and r["step"]]
+    assert steps == [2, 3]  # one writer (rank 0): each logging step once
+    assert len(json.loads((out / "predictions.json").read_text())) == 210
