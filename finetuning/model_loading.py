@@ -73,7 +73,9 @@ def tokenizer_from_vocab(vocab_file, do_lower_case: Optional[bool] = None):
         tokenizer = BertTokenizerFast(**{key: str(path)}, do_lower_case=lower)
     except Exception as err:  # unreadable or not a WordPiece vocab
         raise ModelLoadError(f"--vocab_file {vocab_file}: not a usable WordPiece vocab.txt ({_first_line(err)})")
-    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.cls_token_id == tokenizer.unk_token_id:
+    # transformers 5 appends missing special tokens as new ids, so ask the file itself.
+    listed = {line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()}
+    if tokenizer.cls_token not in listed or tokenizer.sep_token not in listed:
         raise ModelLoadError(f"--vocab_file {vocab_file}: the vocabulary has no [CLS]/[SEP] tokens")
     return tokenizer
 

