@@ -34,6 +34,7 @@ def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual file mode
     except OSError as err:
         raise CheckpointWriteError(f"cannot write {path}: {err.strerror or err}") from err
     try:
@@ -54,6 +55,12 @@ def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
             raise CheckpointWriteError(f"cannot write {path}: {err}") from err
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _os_error_in_chain(err: BaseException) -> Optional[OSError]:

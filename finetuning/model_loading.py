@@ -149,7 +149,8 @@ def _checkpoint_model(path: Path, model_class, overrides: dict):
 
 def _hf_dir_model(directory: Path, model_class, overrides: dict):
     try:
-        return model_class.from_pretrained(str(directory), attn_implementation=ATTENTION, **overrides)
+        with _quiet_hub_logs():  # a new task head is expected; its "newly initialized" report is noise
+            return model_class.from_pretrained(str(directory), attn_implementation=ATTENTION, **overrides)
     except Exception as err:
         raise ModelLoadError(f"{FLAG} {directory}: not a loadable transformers BERT folder ({_first_line(err)})")
 
