@@ -6,6 +6,8 @@ so the launcher and existing command lines keep working. Each script adds its ta
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Sequence, Type
 
 from central.device import DEVICE_CHOICES, MODE_CHOICES, PRECISION_CHOICES
 
@@ -50,3 +52,24 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--disable_progress_bar", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     return parser
+
+
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+
+
+def check_common_args(args, error: Type[Exception], positive: Sequence[str] = ()) -> None:
+    """Refuse settings of the common flags that cannot work, as one-line ``error``s (the task's own type).
+
+    ``positive`` names task flags that must be at least 1 too.
+    """
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 *positive):
+        if getattr(args, flag) < 1:
+            raise error(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    if args.do_train and args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise error(f"--num_train_epochs {args.num_train_epochs}: must be positive (or set --max_steps)")
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise error(f"--data_dir {args.data_dir}: no such folder")
+    output = Path(args.output_dir)
+    if args.do_train and not args.overwrite_output_dir and any((output / name).exists() for name in MODEL_FILES):
+        raise error(f"--output_dir {output} already holds a model; pass --overwrite_output_dir to replace it")

@@ -27,6 +27,7 @@ from central.checkpoint import CheckpointWriteError, atomic_write_text
 from central.device import DeviceUnavailableError
 from central.dllog import console
 from finetuning import loop
+from finetuning.args import check_common_args
 from finetuning.glue_data import (GlueDataError, GlueProcessor, InputExample, LengthGroupedBatchSampler,
                                   processor_for, tokenize_examples)
 from finetuning.glue_metrics import task_metrics
@@ -57,16 +58,7 @@ def _check_arguments(args, processor: GlueProcessor) -> None:
         raise GlueDataError(f"--data_dir {args.data_dir}: no such folder")
     if args.max_seq_length < 8:
         raise GlueDataError(f"--max_seq_length {args.max_seq_length}: too short for [CLS] a [SEP] b [SEP]")
-    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(args, flag) < 1:
-            raise GlueDataError(f"--{flag} {getattr(args, flag)}: must be at least 1")
-    if args.do_train and args.max_steps <= 0 and args.num_train_epochs <= 0:
-        raise GlueDataError(f"--num_train_epochs {args.num_train_epochs}: must be positive (or set --max_steps)")
-    output_dir = Path(args.output_dir)
-    if args.do_train and not args.overwrite_output_dir and any(
-            (output_dir / name).exists() for name in ("config.json", "model.safetensors", "pytorch_model.bin")):
-        raise GlueDataError(f"--output_dir {output_dir} already holds a model; pass --overwrite_output_dir "
-                            f"to replace it")
+    check_common_args(args, GlueDataError)
 
 
 def _read(processor: GlueProcessor, data_dir: str, split: str, limit: Optional[int]) -> List[InputExample]:

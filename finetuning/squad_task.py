@@ -20,6 +20,7 @@ import numpy as np
 from central.device import DeviceUnavailableError
 from central.dllog import console
 from finetuning import loop
+from finetuning.args import check_common_args
 from finetuning.model_loading import ModelLoadError, load_model
 from finetuning.squad_data import SquadDataError, SquadExample, gold_answers, read_squad, resolve_data_file
 from finetuning.squad_features import SquadFeatureError, SquadFeatures, build_features, check_lengths
@@ -48,19 +49,7 @@ def check_arguments(args) -> None:
     if not (args.do_train or args.do_eval):
         raise SquadArgumentError("nothing to do: pass --do_train and/or --do_eval")
     check_lengths(args.max_seq_length, args.doc_stride, args.max_query_length)
-    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "n_best_size", "max_answer_length"):
-        if getattr(args, flag) < 1:
-            raise SquadArgumentError(f"--{flag} {getattr(args, flag)}: must be at least 1")
-    if args.do_train and args.max_steps <= 0 and args.num_train_epochs <= 0:
-        raise SquadArgumentError(f"--num_train_epochs {args.num_train_epochs}: must be positive (or set --max_steps)")
-    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
-        raise SquadArgumentError(f"--data_dir {args.data_dir}: no such folder")
-    output = Path(args.output_dir)
-    if args.do_train and not args.overwrite_output_dir and any(
-            (output / name).exists() for name in ("config.json", "model.safetensors", "pytorch_model.bin")):
-        raise SquadArgumentError(f"--output_dir {output} already holds a model; pass --overwrite_output_dir "
-                                 f"to replace it")
+    check_common_args(args, SquadArgumentError, positive=("n_best_size", "max_answer_length"))
 
 
 def read_inputs(args) -> Tuple[Optional[List[SquadExample]], Optional[List[SquadExample]]]:
