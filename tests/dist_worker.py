@@ -39,7 +39,10 @@ def main() -> int:
     distributed.barrier()
     report.update(rank=env.rank, world_size=env.world_size, local_rank=env.local_rank, source=env.source,
                   sum=total.item())
-    print(json.dumps(report), flush=True)
+    # One write call per line: with PYTHONUNBUFFERED, print() writes the text and its newline separately,
+    # and the two ranks share one pipe, so their lines could interleave.
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
     distributed.teardown()
     return 0
 
