@@ -26,7 +26,7 @@ from data.errors import DataPrepError, run_main
 from data.hdf5_shards import CHUNK_ROWS, DEFAULT_GZIP_LEVEL, ShardWriter
 from data.instances import InstanceOptions, build_block, pair_spans, truncate_spans
 from data.tokenization import TOKENIZER_CHOICES, make_tokenizer, tokenize_files
-from data.vocab import Vocab, casing_warning, load_vocab
+from data.vocab import Vocab, casing_warning, load_vocab, text_files
 
 BLOCK_ROWS = 4 * CHUNK_ROWS  # instances packed and masked at once: bounds memory (~10 MB per block at L=128)
 
@@ -73,18 +73,7 @@ def create_shard(input_paths: Sequence[Path], output_file, vocab: Vocab, options
 
 def input_files(spec: str) -> List[Path]:
     """``--input_file``: a file, a folder (its .txt files), or a comma-separated list of those."""
-    found: List[Path] = []
-    for item in (part.strip() for part in spec.split(",") if part.strip()):
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".txt")
-            if not files:
-                raise DataPrepError(f"input folder {path} holds no .txt files")
-            found.extend(files)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataPrepError(f"input {path} does not exist")
+    found = text_files(part.strip() for part in spec.split(",") if part.strip())
     if not found:
         raise DataPrepError("--input_file is empty")
     return found
