@@ -93,22 +93,8 @@ def to_hf_config(config: BertConfig):
     """Our BertConfig -> transformers.BertConfig (same shape; architectures set for from_pretrained)."""
     import transformers
 
-    return transformers.BertConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_position_embeddings,
-        type_vocab_size=config.type_vocab_size,
-        initializer_range=config.initializer_range,
-        layer_norm_eps=config.layer_norm_eps,
-        tie_word_embeddings=True,
-        architectures=["BertForPreTraining"],
-    )
+    # Our field names are transformers' (both follow bert_config.json), so the dict carries over.
+    return transformers.BertConfig(**config.to_dict(), tie_word_embeddings=True, architectures=["BertForPreTraining"])
 
 
 def tokenizer_config(config: BertConfig, do_lower_case: bool) -> dict:
