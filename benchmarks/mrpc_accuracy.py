@@ -252,7 +252,7 @@ def run_recipe(opts, scratch: Path) -> int:
           f"of the steps, batch {opts.batch_size}, seq {opts.max_seq_length}, fp32, per-batch padding"
           f"{', grouped by length' if opts.group_by_length else ''}; seeds {opts.recipe_seeds}"
           f"{' side by side' if opts.side_by_side else ''}", flush=True)
-    runs = [(scratch / f"recipe-seed{seed}", seed) for seed in opts.recipe_seeds]
+    runs = [(scratch / f"seed{seed}", seed) for seed in opts.recipe_seeds]
     if opts.side_by_side:
         outcomes = run_ours_side_by_side(opts, runs, opts.recipe_learning_rate, opts.recipe_epochs, opts.recipe_warmup)
     else:
