@@ -145,14 +145,19 @@ def run_ours_side_by_side(opts, runs: List[Tuple[Path, int]], learning_rate: flo
         argv = ours_argv(opts, output_dir, seed, learning_rate, epochs, warmup_proportion, do_predict=True)
         started.append((subprocess.Popen([sys.executable, "-m", "finetuning.run_glue", *argv], env=env,
                                          stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), log))
+    finished: Dict[int, float] = {}  # run index -> wall seconds, noted when that process ends
+    while len(finished) < len(started):
+        for index, (process, start, log) in enumerate(started):
+            if index not in finished and process.poll() is not None:
+                finished[index] = time.perf_counter() - start
+                log.close()
+        time.sleep(1.0)
     results = []
-    for (output_dir, seed), (process, start, log) in zip(runs, started):
-        status = process.wait()
-        seconds = time.perf_counter() - start
-        log.close()
-        if status != 0:
-            raise SystemExit(f"ours, seed {seed}: finetuning.run_glue exited {status} (see {output_dir}.log)")
-        results.append((read_results(output_dir), seconds))
+    for index, ((output_dir, seed), (process, _, _)) in enumerate(zip(runs, started)):
+        if process.returncode != 0:
+            raise SystemExit(f"ours, seed {seed}: finetuning.run_glue exited {process.returncode} "
+                             f"(see {output_dir}.log)")
+        results.append((read_results(output_dir), finished[index]))
     return results
 
 
