@@ -36,7 +36,7 @@ from central.device import autocast
 from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
 from pretraining.lamb import Lamb, lamb_param_groups
-from pretraining.modeling import BertForPreTraining, padded_vocab_size, pretraining_loss
+from pretraining.modeling import BertForPreTraining, pretraining_loss
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,7 @@ def matmul_flops_per_sequence(config: BertConfig, seq_len: int, predictions: int
     if not ours:
         return layers * full_layer + seq_len * (2 * h * h + 2 * h * vocab) + pooler_nsp
     last_layer = seq_len * kv + (predictions + 1) * per_query
-    head_per_position = 2 * h * h + 2 * h * padded_vocab_size(vocab)  # ours multiplies by the padded table
-    return (layers - 1) * full_layer + last_layer + predictions * head_per_position + pooler_nsp
+    return (layers - 1) * full_layer + last_layer + predictions * (2 * h * h + 2 * h * vocab) + pooler_nsp
 
 
 def largest_common_batch(config, device, seq_len, predictions, precision, optimizer, start: int) -> int:

@@ -217,8 +217,7 @@ def test_flop_formula_of_the_benchmark_matches_executed_flops(ours):
 
 
 def test_loss_and_its_gradient_equal_torch_cross_entropy():
-    base = torch.randn(3, 4, 104, dtype=torch.float64)
-    logits = base[..., :101].clone().requires_grad_(True)  # as the model returns it: a column slice
+    logits = (torch.randn(3, 4, 101, dtype=torch.float64) * 30).requires_grad_(True)  # large: max-shift matters
     reference = logits.detach().clone().requires_grad_(True)
     ids = torch.randint(0, 101, (3, 4))
     positions = torch.tensor([[3, 5, 0, 7], [1, 2, 4, 6], [0, 0, 0, 0]])
@@ -233,6 +232,15 @@ def test_loss_and_its_gradient_equal_torch_cross_entropy():
     assert torch.count_nonzero(logits.grad[2]) == 0 and torch.count_nonzero(logits.grad[0, 2:]) == 0
     empty = pretraining_loss(logits, ids, torch.zeros(3, 4, dtype=torch.long), nsp_logits, nsp_labels)[1]
     assert empty.item() == 0.0  # no valid slot: 0, not NaN
+
+
+def test_loss_backward_consumes_its_buffer_and_refuses_a_second_run():
+    logits = torch.randn(2, 3, 11, requires_grad=True)
+    positions, ids = torch.tensor([[1, 2, 0], [3, 0, 0]]), torch.randint(0, 11, (2, 3))
+    loss = pretraining_loss(logits, ids, positions, torch.randn(2, 2), torch.tensor([0, 1]))[1]
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        loss.backward()
 
 
 def test_padding_is_masked_and_mask_none_means_unpadded():
