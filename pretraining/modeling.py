@@ -245,7 +245,7 @@ class BertLMPredictionHead(nn.Module):
 
     The decoder multiplies by the first ``vocab_size`` rows of the table (a contiguous view), so the
     logits never hold padding columns: slicing [N, V_padded] logits afterwards would make autograd
-    zero-fill and copy a gradient of that size every step (~5% of a CPU step of the mini model);
+    zero-fill and copy a gradient of that size every step (a few % of a CPU step of the mini model);
     slicing the weight moves that to the [V_padded, H] weight gradient, which the embedding's
     gradient is added into anyway.
     """
