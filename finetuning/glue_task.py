@@ -54,8 +54,6 @@ def run(args) -> int:
 def _check_arguments(args, processor: GlueProcessor) -> None:
     if not (args.do_train or args.do_eval or args.do_predict):
         raise GlueDataError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
-    if not Path(args.data_dir).is_dir():
-        raise GlueDataError(f"--data_dir {args.data_dir}: no such folder")
     if args.max_seq_length < 8:
         raise GlueDataError(f"--max_seq_length {args.max_seq_length}: too short for [CLS] a [SEP] b [SEP]")
     check_common_args(args, GlueDataError)
