@@ -9,7 +9,8 @@ the same precision, and run a full training step (forward, loss, backward, optim
 train mode with dropout. Steps alternate between the two models (ours first on even rounds,
 transformers first on odd ones) so that load from other processes hits both alike; the median step
 time of each is reported. transformers uses attn_implementation="sdpa" and its own loss (labels
-over all positions, -100 elsewhere), as a user would run it.
+over all positions, -100 elsewhere), as a user would run it. Ours runs as pretraining/training.py
+runs it: on CPU in eager mode with central.cpu_kernels' random-bits dropout swapped in.
 
 Presets (issue 3 item 10):
     cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x
@@ -32,6 +33,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from central.cpu_kernels import use_cpu_kernels
 from central.device import autocast
 from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
@@ -232,6 +234,8 @@ def run_preset(name: str, args) -> List[str]:
         torch.cuda.empty_cache()
 
     ours, hf = build_models(config, device)
+    if device.type == "cpu" and not args.compile:
+        use_cpu_kernels(ours)  # as pretraining/training.py runs ours on CPU in eager mode
     batch = phase1_like_batch(config, batch_size, preset.seq_len, preset.predictions)
     ours_loss, hf_loss = eval_losses(ours, hf, batch, device, precision)
     ours_step, hf_step = step_functions(ours, hf, batch, device, precision, args.optimizer, args.compile)

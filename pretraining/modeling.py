@@ -92,6 +92,8 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
+        # SDPA's signature; central.cpu_kernels swaps in a CPU version with a faster dropout.
+        self.attention_fn = F.scaled_dot_product_attention
 
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
                 queries: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -109,7 +111,7 @@ class BertSelfAttention(nn.Module):
             kv = F.linear(x, weight, torch.cat([self.key.bias, self.value.bias]))
             k, v = kv.view(batch, seq_len, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             q = self.query(queries).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # [B, heads, Q, hd]
-        context = F.scaled_dot_product_attention(
+        context = self.attention_fn(
             q, k, v, attn_mask=key_mask, dropout_p=self.dropout_prob if self.training else 0.0)
         return context.transpose(1, 2).reshape(batch, -1, hidden)
 

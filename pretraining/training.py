@@ -28,6 +28,7 @@ from central.checkpoint import CheckpointError, CheckpointWriteError, list_check
 from central.device import (DeviceUnavailableError, autocast, compile_for_mode, effective_mode, mark_step,
                             resolve_device_kind, torch_device)
 from central.distributed import DistEnv, DistributedSetupError, all_reduce_sum, init_distributed, teardown
+from central.cpu_kernels import use_cpu_kernels
 from central.dllog import console
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
@@ -241,6 +242,8 @@ def build_session(args, plan: RunPlan, kind: str, env: DistEnv) -> Session:
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = BertForPreTraining(plan.config).to(device)
+    if kind == "cpu" and mode == "eager":
+        use_cpu_kernels(model)  # random-bits dropout: ~10% faster steps on CPU (central/cpu_kernels.py)
     optimizer = make_lamb(lamb_param_groups(model), args.learning_rate, kind, args.use_fused_lamb)
     start = load_start_point(args, plan.phase, plan.config.to_dict(), [p.name for p in plan.files], model,
                              optimizer, env.rank, env.world_size, warn=lambda line: console(line, env.is_main))

@@ -216,3 +216,13 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints(data, uninterrupted, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds checkpoints (newest ckpt_8.pt)" in err[0]
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == before
+
+
+def test_cpu_eager_runs_swap_in_the_cpu_kernels(data, tmp_path, monkeypatch):
+    import pretraining.training as training
+
+    swapped = []
+    real = training.use_cpu_kernels
+    monkeypatch.setattr(training, "use_cpu_kernels", lambda model: swapped.append(real(model)))
+    assert main(pretraining_args(data[1], tmp_path / "out", steps=1)) == 0
+    assert len(swapped) == 1 and swapped[0] > 0  # dropouts and attention modules replaced
