@@ -54,8 +54,8 @@ class Preset:
 
 
 PRESET_TABLE = {
-    "cpu-mini": Preset("mini", "cpu", 128, 20, 32, "fp32", steps=4, goal="ours >= 4x"),
-    "cpu-base": Preset("base", "cpu", 128, 20, 8, "fp32", steps=3, goal="ours >= 1.5x"),
+    "cpu-mini": Preset("mini", "cpu", 128, 20, 32, "fp32", steps=8, goal="ours >= 4x"),
+    "cpu-base": Preset("base", "cpu", 128, 20, 8, "fp32", steps=5, goal="ours >= 1.5x"),
     "cuda-large-128": Preset("large", "cuda", 128, 20, None, "bf16", steps=10, goal="ours >= 2x, MFU >= 60%"),
     "cuda-large-512": Preset("large", "cuda", 512, 80, None, "bf16", steps=10, goal="(no stated goal)"),
 }
