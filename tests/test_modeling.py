@@ -6,7 +6,7 @@ import torch
 
 from pretraining.bert_config import BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
-from pretraining.modeling import (BertForPreTraining, mlm_accuracy, nsp_accuracy, padded_vocab_size,
+from pretraining.modeling import (BertForPreTraining, _TiedDecoder, mlm_accuracy, nsp_accuracy, padded_vocab_size,
                                   pretraining_loss, valid_mlm_slots)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,6 +77,26 @@ def test_shapes_padded_vocab_and_tied_decoder():
     mlm_logits.sum().backward()
     grad = model.bert.embeddings.word_embeddings.weight.grad
     assert grad[100].abs().sum() > 0  # token 100 is never an input here, only a decoder row
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_tied_decoder_gradients_equal_those_of_the_sliced_table(autocast):
+    """_TiedDecoder writes the table gradient in place of slicing under autograd: same numbers, bit for
+    bit (fp32, and bf16 autocast where the matmuls run in bf16), zero gradient on the padding rows."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, generator=gen, requires_grad=True)
+    table = torch.randn(24, 16, generator=gen, requires_grad=True)
+    bias = torch.randn(24, generator=gen, requires_grad=True)
+    upstream = torch.randn(2, 5, 21, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ours = _TiedDecoder.apply(x, table, bias, 21)
+        sliced = torch.nn.functional.linear(x, table[:21], bias[:21])
+    assert ours.dtype == sliced.dtype and torch.equal(ours, sliced)
+    ours_grads = torch.autograd.grad(ours, (x, table, bias), upstream.to(ours.dtype))
+    sliced_grads = torch.autograd.grad(sliced, (x, table, bias), upstream.to(sliced.dtype))
+    for got, expected in zip(ours_grads, sliced_grads):
+        assert got.dtype == expected.dtype == torch.float32 and torch.equal(got, expected)
+    assert not ours_grads[1][21:].any() and not ours_grads[2][21:].any()
 
 
 def test_padding_columns_never_win():
