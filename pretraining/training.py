@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from central.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, remove_stale_temporaries
+from central.cpu_kernels import use_cpu_kernels
 from central.device import (DeviceUnavailableError, autocast, compile_for_mode, effective_mode, mark_step,
                             resolve_device_kind, torch_device)
 from central.distributed import DistEnv, DistributedSetupError, all_reduce_sum, init_distributed, teardown
-from central.cpu_kernels import use_cpu_kernels
 from central.dllog import console
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
