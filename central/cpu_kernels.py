@@ -1,4 +1,4 @@
-"""Faster CPU stand-ins for dropout and for attention with dropout, swapped into a model by ``use_cpu_kernels``.
+"""Faster CPU stand-ins for dropout, attention with dropout and the MLM decoder's layout, set by ``use_cpu_kernels``.
 
 Why: ATen's CPU dropout draws one Bernoulli sample per element from a serial generator, about 7 ns
 per element on the 2-core dev VM and not threaded (14 ms for one [32, 4, 128, 128] attention-probs
@@ -9,9 +9,10 @@ per 4 elements: ``int64.random_`` fills a buffer, viewed as int16 lanes each lan
 1 / 65536 of 1 - p; the kept values are scaled by 65536 / threshold, so the expectation is exact).
 That costs about 1.6 ms for 1M elements instead of 10 ms.
 
-The model stays device-agnostic: its ``nn.Dropout`` modules are replaced by ``BitsDropout`` and its
+The model stays device-agnostic: its ``nn.Dropout`` modules are replaced by ``BitsDropout``, its
 attention modules' ``attention_fn`` attribute (``F.scaled_dot_product_attention`` by default) by
-``attention_with_bits_dropout``. The draws come from torch's default CPU generator, so
+``attention_with_bits_dropout``, and the MLM head's ``logits_vocab_major`` is turned on (MKL runs the
+big decoder matmul ~1.7x faster as table @ x^T than as x @ table^T; BERT-mini steps ~7% faster). The draws come from torch's default CPU generator, so
 ``torch.manual_seed`` and the checkpointed RNG state make runs reproducible and resumable exactly as
 before; only the masks differ from ATen's. Eager CPU only: graph mode lets the compiler generate its
 own dropout, and accelerators have fused dropout kernels already.
@@ -96,5 +97,8 @@ def use_cpu_kernels(model: nn.Module) -> int:
                 swapped += 1
         if getattr(module, "attention_fn", None) is F.scaled_dot_product_attention:
             module.attention_fn = attention_with_bits_dropout
+            swapped += 1
+        if getattr(module, "logits_vocab_major", None) is False:  # MLM decoder: MKL's faster orientation
+            module.logits_vocab_major = True
             swapped += 1
     return swapped

@@ -96,14 +96,17 @@ def test_swap_keeps_eval_outputs_and_trains_with_the_new_dropout():
     model = BertForPreTraining(TINY)
     reference = BertForPreTraining(TINY)
     reference.load_state_dict(model.state_dict())
-    # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, plus 2 attention modules
-    assert use_cpu_kernels(model) == 7
+    # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 2 attention modules, the MLM head
+    assert use_cpu_kernels(model) == 8
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert model.cls.predictions.logits_vocab_major and not reference.cls.predictions.logits_vocab_major
     assert use_cpu_kernels(model) == 0  # idempotent
     batch = batch_for(TINY)
     model.eval(), reference.eval()
-    for ours, theirs in zip(model(*batch), reference(*batch)):
-        assert torch.equal(ours, theirs)  # no dropout: the same maths, bit for bit
+    (mlm, nsp), (reference_mlm, reference_nsp) = model(*batch), reference(*batch)
+    assert torch.equal(nsp, reference_nsp)  # no dropout: the same maths, bit for bit
+    assert mlm.stride()[-1] == mlm.shape[0] * mlm.shape[1]  # the logits are stored vocab-major
+    torch.testing.assert_close(mlm, reference_mlm, atol=1e-5, rtol=1e-5)  # the same values
     model.train()
     labels = torch.randint(1, TINY.vocab_size, (4, 3))
     nsp = torch.tensor([0, 1, 1, 0])
