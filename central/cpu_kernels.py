@@ -12,10 +12,11 @@ That costs about 1.6 ms for 1M elements instead of 10 ms.
 The model stays device-agnostic: its ``nn.Dropout`` modules are replaced by ``BitsDropout``, its
 attention modules' ``attention_fn`` attribute (``F.scaled_dot_product_attention`` by default) by
 ``attention_with_bits_dropout``, and the MLM head's ``logits_vocab_major`` is turned on (MKL runs the
-big decoder matmul ~1.7x faster as table @ x^T than as x @ table^T; BERT-mini steps ~7% faster). The draws come from torch's default CPU generator, so
-``torch.manual_seed`` and the checkpointed RNG state make runs reproducible and resumable exactly as
-before; only the masks differ from ATen's. Eager CPU only: graph mode lets the compiler generate its
-own dropout, and accelerators have fused dropout kernels already.
+big decoder matmul ~1.7x faster as table @ x^T than as x @ table^T; BERT-mini steps ~7% faster).
+The draws come from torch's default CPU generator, so ``torch.manual_seed`` and the checkpointed RNG
+state make runs reproducible and resumable exactly as before; only the masks differ from ATen's.
+Eager CPU only: graph mode lets the compiler generate its own dropout, and accelerators have fused
+dropout kernels already.
 """
 from __future__ import annotations
 

@@ -79,47 +79,38 @@ def test_shapes_padded_vocab_and_tied_decoder():
     assert grad[100].abs().sum() > 0  # token 100 is never an input here, only a decoder row
 
 
+@pytest.mark.parametrize("vocab_major", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_tied_decoder_gradients_equal_those_of_the_sliced_table(autocast):
-    """_TiedDecoder writes the table gradient in place of slicing under autograd: same numbers, bit for
-    bit (fp32, and bf16 autocast where the matmuls run in bf16), zero gradient on the padding rows."""
+def test_tied_decoder_gradients_equal_those_of_the_sliced_table(autocast, vocab_major):
+    """_TiedDecoder writes the table gradient in place of slicing under autograd, with zero gradient on
+    the padding rows. Row-major logits: the same numbers bit for bit (fp32, and bf16 autocast where the
+    matmuls run in bf16). Vocab-major ([V, N] storage, the logits its transposed view): the same values,
+    dtype and gradients up to the matmul's summation order."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 16, generator=gen, requires_grad=True)
-    table = torch.randn(24, 16, generator=gen, requires_grad=True)
-    bias = torch.randn(24, generator=gen, requires_grad=True)
-    upstream = torch.randn(2, 5, 21, generator=gen)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        ours = _TiedDecoder.apply(x, table, bias, 21, False)
-        sliced = torch.nn.functional.linear(x, table[:21], bias[:21])
-    assert ours.dtype == sliced.dtype and torch.equal(ours, sliced)
-    ours_grads = torch.autograd.grad(ours, (x, table, bias), upstream.to(ours.dtype))
-    sliced_grads = torch.autograd.grad(sliced, (x, table, bias), upstream.to(sliced.dtype))
-    for got, expected in zip(ours_grads, sliced_grads):
-        assert got.dtype == expected.dtype == torch.float32 and torch.equal(got, expected)
-    assert not ours_grads[1][21:].any() and not ours_grads[2][21:].any()
-
-
-@pytest.mark.parametrize("autocast", [False, True])
-def test_vocab_major_logits_are_the_same_numbers_in_the_transposed_layout(autocast):
-    """logits_vocab_major only changes where the logits live ([V, N] storage): values, dtype and all
-    three gradients match the row-major decoder (up to the matmul's summation order)."""
-    gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 4, 32, generator=gen, requires_grad=True)
     table = torch.randn(104, 32, generator=gen, requires_grad=True)
     bias = torch.randn(104, generator=gen, requires_grad=True)
     upstream = torch.randn(3, 4, 101, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        major = _TiedDecoder.apply(x, table, bias, 101, True)
-        row = _TiedDecoder.apply(x, table, bias, 101, False)
-    assert major.shape == row.shape == (3, 4, 101) and major.dtype == row.dtype
-    assert major.stride() == (4, 1, 12) and row.is_contiguous()  # [V, N] storage, N = 3 * 4
-    tolerance = dict(atol=5e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(major, row, **tolerance)
-    major_grads = torch.autograd.grad(major, (x, table, bias), upstream.to(major.dtype))
-    row_grads = torch.autograd.grad(row, (x, table, bias), upstream.to(row.dtype))
-    for got, expected in zip(major_grads, row_grads):
-        torch.testing.assert_close(got, expected, **tolerance)
-    assert not major_grads[1][101:].any() and not major_grads[2][101:].any()
+        ours = _TiedDecoder.apply(x, table, bias, 101, vocab_major)
+        sliced = torch.nn.functional.linear(x, table[:101], bias[:101])
+    assert ours.shape == sliced.shape == (3, 4, 101) and ours.dtype == sliced.dtype
+    assert ours.stride() == ((4, 1, 12) if vocab_major else (404, 101, 1))  # [V, N] storage, N = 3 * 4
+
+    def assert_same(got, expected):
+        if vocab_major:
+            tolerance = dict(atol=5e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got, expected, **tolerance)
+        else:
+            assert torch.equal(got, expected)
+
+    assert_same(ours, sliced)
+    ours_grads = torch.autograd.grad(ours, (x, table, bias), upstream.to(ours.dtype))
+    sliced_grads = torch.autograd.grad(sliced, (x, table, bias), upstream.to(sliced.dtype))
+    for got, expected in zip(ours_grads, sliced_grads):
+        assert got.dtype == expected.dtype == torch.float32
+        assert_same(got, expected)
+    assert not ours_grads[1][101:].any() and not ours_grads[2][101:].any()
 
 
 def test_padding_columns_never_win():
