@@ -328,7 +328,8 @@ class BertForPreTraining(nn.Module):
     Shapes: input_ids / token_type_ids / attention_mask [B, L] (attention_mask may be None: no padding);
     masked_lm_positions [B, P] (0 in
     unused slots: position 0 is always [CLS] and never masked); mlm_logits [B, P, vocab_size] with the
-    real vocab (the decoder skips the padding rows, so they can never be predicted); nsp_logits [B, 2].
+    real vocab (the decoder skips the padding rows, so they can never be predicted; with
+    ``logits_vocab_major`` a transposed view, so reshape rather than view it); nsp_logits [B, 2].
     """
 
     def __init__(self, config: BertConfig):
