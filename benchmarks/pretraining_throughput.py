@@ -10,7 +10,8 @@ train mode with dropout. Steps alternate between the two models (ours first on e
 transformers first on odd ones) so that load from other processes hits both alike; the median step
 time of each is reported. transformers uses attn_implementation="sdpa" and its own loss (labels
 over all positions, -100 elsewhere), as a user would run it. Ours runs as pretraining/training.py
-runs it: on CPU in eager mode with central.cpu_kernels' random-bits dropout swapped in.
+runs it: on CPU in eager mode with central.cpu_kernels swapped in (random-bits dropout, vocab-major
+MLM logits).
 
 Presets (issue 3 item 10):
     cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x

@@ -243,7 +243,7 @@ def build_session(args, plan: RunPlan, kind: str, env: DistEnv) -> Session:
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = BertForPreTraining(plan.config).to(device)
     if kind == "cpu" and mode == "eager":
-        use_cpu_kernels(model)  # random-bits dropout: ~10% faster steps on CPU (central/cpu_kernels.py)
+        use_cpu_kernels(model)  # random-bits dropout, vocab-major MLM logits (central/cpu_kernels.py)
     optimizer = make_lamb(lamb_param_groups(model), args.learning_rate, kind, args.use_fused_lamb)
     start = load_start_point(args, plan.phase, plan.config.to_dict(), [p.name for p in plan.files], model,
                              optimizer, env.rank, env.world_size, warn=lambda line: console(line, env.is_main))
