@@ -10,8 +10,8 @@ train mode with dropout. Steps alternate between the two models (ours first on e
 transformers first on odd ones) so that load from other processes hits both alike; the median step
 time of each is reported. transformers uses attn_implementation="sdpa" and its own loss (labels
 over all positions, -100 elsewhere), as a user would run it. Ours runs as pretraining/training.py
-runs it: on CPU in eager mode with central.cpu_kernels swapped in (random-bits dropout, vocab-major
-MLM logits).
+runs it: labels in, losses out, and on CPU in eager mode with central.cpu_kernels swapped in
+(random-bits dropout, the fused vocab-major MLM decoder + cross-entropy).
 
 Presets (issue 3 item 10):
     cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x
@@ -39,7 +39,7 @@ from central.device import autocast
 from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
 from pretraining.lamb import Lamb, lamb_param_groups
-from pretraining.modeling import BertForPreTraining, pretraining_loss
+from pretraining.modeling import BertForPreTraining
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,8 @@ def step_functions(ours, hf, batch: dict, device: torch.device, precision: str, 
 
     def ours_step():
         with autocast(device.type, precision):
-            mlm, nsp = run_ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"])
-            loss = pretraining_loss(mlm, b["masked_ids"], b["positions"], nsp, b["nsp_labels"])[0]
+            loss = run_ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"],
+                            b["masked_ids"], b["nsp_labels"])[0]
         loss.backward()
         ours_opt.step()
         ours_opt.zero_grad(set_to_none=True)
@@ -143,8 +143,8 @@ def eval_losses(ours, hf, batch: dict, device: torch.device, precision: str) -> 
     b = {key: value.to(device) for key, value in batch.items()}
     ours.eval(), hf.eval()
     with autocast(device.type, precision):
-        mlm, nsp = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"])
-        ours_loss = pretraining_loss(mlm, b["masked_ids"], b["positions"], nsp, b["nsp_labels"])[0]
+        ours_loss = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"],
+                         b["masked_ids"], b["nsp_labels"])[0]
         hf_loss = hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
                      attention_mask=b["attention_mask"], labels=b["hf_labels"],
                      next_sentence_label=b["nsp_labels"]).loss

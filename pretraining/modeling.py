@@ -242,51 +242,60 @@ class BertPredictionHeadTransform(nn.Module):
         return self.LayerNorm(self.act(self.dense(x)))
 
 
-class _TiedDecoder(torch.autograd.Function):
-    """logits = x @ table[:V]^T + bias[:V] over the real vocab, with gradients for the padded table and bias.
+def padded_table_gradients(grad_vn: torch.Tensor, x_2d: torch.Tensor, table: torch.Tensor, want_table: bool,
+                           want_bias: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of the padded table [V_padded, H] and bias [V_padded] from d loss / d logits.
 
-    Slicing the table under autograd would make the slice's backward zero-fill a fresh [V_padded, H]
-    gradient and copy the [V, H] one into it (on CPU the fill alone was 5.5% of a BERT-base step);
-    here the weight-gradient matmul writes its rows straight into the padded buffer and only the
-    padding rows are zeroed.
+    grad_vn [V, N] (any strides: row-major logits pass their gradient's transposed view), x_2d [N, H].
+    The weight-gradient matmul writes its V rows straight into the padded buffer and only the padding
+    rows are zeroed: slicing the table under autograd would zero-fill a fresh [V_padded, H] gradient and
+    copy the [V, H] one into it (on CPU the fill alone was 5.5% of a BERT-base step).
     """
+    vocab = grad_vn.shape[0]
+    grad_table = grad_bias = None
+    if want_table:
+        x_2d = x_2d.to(grad_vn.dtype)  # autocast: compute in the logits' dtype
+        grad_table = table.new_empty(table.shape)
+        if grad_vn.dtype == table.dtype:
+            torch.mm(grad_vn, x_2d, out=grad_table[:vocab])
+        else:
+            grad_table[:vocab] = grad_vn @ x_2d
+        grad_table[vocab:].zero_()
+    if want_bias:
+        grad_bias = table.new_zeros(table.shape[0])
+        grad_bias[:vocab] = grad_vn.sum(1)
+    return grad_table, grad_bias
+
+
+class _TiedDecoder(torch.autograd.Function):
+    """logits = x @ table[:V]^T + bias[:V] over the real vocab, with gradients for the padded table and bias
+    (``padded_table_gradients``: no [V_padded, H] zero-fill and copy per step)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, vocab: int,
-                vocab_major: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, vocab: int) -> torch.Tensor:
         # x [..., H], table [V_padded, H], bias [V_padded] -> logits [..., V]
         ctx.save_for_backward(x, table)
-        ctx.vocab = vocab
-        if not vocab_major:
-            return F.linear(x, table[:vocab], bias[:vocab])
-        # The same numbers stored as [V, N] (logits are its transposed view): table @ x^T instead of
-        # x @ table^T. The loss's elementwise ops keep that layout, so the backward's weight-gradient
-        # matmul reads a contiguous [V, N] gradient too.
-        x_2d = x.reshape(-1, x.shape[-1])  # [N, H]
-        logits_t = torch.addmm(bias[:vocab, None], table[:vocab], x_2d.t())  # [V, N]
-        return logits_t.t().view(*x.shape[:-1], vocab)
+        return F.linear(x, table[:vocab], bias[:vocab])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, table = ctx.saved_tensors
-        vocab = ctx.vocab
-        grad_2d = grad.reshape(-1, vocab)  # [N, V]
-        x_2d = x.reshape(-1, x.shape[-1]).to(grad.dtype)  # [N, H]; autocast: compute in the logits' dtype
-        grad_x = grad_table = grad_bias = None
+        grad_2d = grad.reshape(-1, grad.shape[-1])  # [N, V]
+        grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_2d @ table[:vocab].to(grad.dtype)).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_table = table.new_empty(table.shape)
-            if grad.dtype == table.dtype:
-                torch.mm(grad_2d.t(), x_2d, out=grad_table[:vocab])
-            else:
-                grad_table[:vocab] = grad_2d.t() @ x_2d
-            grad_table[vocab:].zero_()
-        if ctx.needs_input_grad[2]:
-            grad_bias = table.new_zeros(table.shape[0])
-            grad_bias[:vocab] = grad_2d.sum(0)
-        return grad_x, grad_table, grad_bias, None, None
+            grad_x = (grad_2d @ table[:grad_2d.shape[1]].to(grad.dtype)).view(x.shape)
+        grad_table, grad_bias = padded_table_gradients(grad_2d.t(), x.reshape(-1, x.shape[-1]), table,
+                                                       ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        return grad_x, grad_table, grad_bias, None
+
+
+def decoder_cross_entropy(x: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
+                          vocab: int) -> torch.Tensor:
+    """Mean MLM cross-entropy of the tied decoder's logits: x [N, H], table [V_padded, H], bias [V_padded],
+    labels [N] (< 0 = ignore) -> 0-dim fp32. The head's default ``loss_fn``; central.cpu_kernels swaps in
+    a fused CPU version with the same signature."""
+    return _MeanCrossEntropy.apply(_at_least_fp32(_TiedDecoder.apply(x, table, bias, vocab)), labels)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -294,12 +303,8 @@ class BertLMPredictionHead(nn.Module):
 
     The decoder multiplies by the first ``vocab_size`` rows of the table (``_TiedDecoder``), so the
     logits never hold padding columns: slicing [N, V_padded] logits afterwards would make autograd
-    zero-fill and copy a gradient of that size every step.
-
-    ``logits_vocab_major`` stores the logits as [V, N] (the returned [..., V] tensor is a transposed
-    view of it). Same values; which layout is faster depends on the matmul library:
-    ``central.cpu_kernels`` turns it on for CPU, where MKL computes table @ x^T in ~57 ms and
-    x @ table^T in ~98 ms for BERT-mini's [640, 256] x [256, 30522] decoder (2 cores).
+    zero-fill and copy a gradient of that size every step. ``loss`` goes from hidden states straight to
+    the mean cross-entropy through ``loss_fn`` (``decoder_cross_entropy`` unless swapped).
     """
 
     def __init__(self, config: BertConfig):
@@ -307,12 +312,15 @@ class BertLMPredictionHead(nn.Module):
         self.vocab_size = config.vocab_size
         self.transform = BertPredictionHeadTransform(config)
         self.bias = nn.Parameter(torch.zeros(padded_vocab_size(config.vocab_size)))
-        self.logits_vocab_major = False
+        self.loss_fn = decoder_cross_entropy
 
     def forward(self, x: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
         # x [..., H], decoder_weight [V_padded, H] -> logits [..., V] over the real vocab
-        return _TiedDecoder.apply(self.transform(x), decoder_weight, self.bias, self.vocab_size,
-                                  self.logits_vocab_major)
+        return _TiedDecoder.apply(self.transform(x), decoder_weight, self.bias, self.vocab_size)
+
+    def loss(self, x: torch.Tensor, decoder_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # x [N, H], labels [N] (< 0 = ignore) -> mean cross-entropy over the labelled rows (fp32, 0-dim)
+        return self.loss_fn(self.transform(x), decoder_weight, self.bias, labels, self.vocab_size)
 
 
 class BertPreTrainingHeads(nn.Module):
@@ -323,13 +331,17 @@ class BertPreTrainingHeads(nn.Module):
 
 
 class BertForPreTraining(nn.Module):
-    """forward(input_ids, token_type_ids, attention_mask, masked_lm_positions) -> (mlm_logits, nsp_logits).
+    """BERT with the masked-LM and next-sentence heads.
+
+    forward(input_ids, token_type_ids, attention_mask, masked_lm_positions) -> (mlm_logits, nsp_logits);
+    forward(..., masked_lm_positions, masked_lm_ids, next_sentence_labels) -> (loss, mlm_loss, nsp_loss),
+    the losses of ``pretraining_loss`` without returning the logits (what training calls, so that a
+    fused loss such as central.cpu_kernels' never has to hand its [N, V] logits back).
 
     Shapes: input_ids / token_type_ids / attention_mask [B, L] (attention_mask may be None: no padding);
-    masked_lm_positions [B, P] (0 in
-    unused slots: position 0 is always [CLS] and never masked); mlm_logits [B, P, vocab_size] with the
-    real vocab (the decoder skips the padding rows, so they can never be predicted; with
-    ``logits_vocab_major`` a transposed view, so reshape rather than view it); nsp_logits [B, 2].
+    masked_lm_positions / masked_lm_ids [B, P] (0 in unused slots: position 0 is always [CLS] and never
+    masked); next_sentence_labels [B]; mlm_logits [B, P, vocab_size] with the real vocab (the decoder
+    skips the padding rows, so they can never be predicted); nsp_logits [B, 2].
     """
 
     def __init__(self, config: BertConfig):
@@ -352,12 +364,21 @@ class BertForPreTraining(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                masked_lm_positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                masked_lm_positions: torch.Tensor, masked_lm_ids: Optional[torch.Tensor] = None,
+                next_sentence_labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+        if (masked_lm_ids is None) != (next_sentence_labels is None):
+            raise ValueError("pass both masked_lm_ids and next_sentence_labels (losses) or neither (logits)")
         # Only the masked positions go through the last layer and the head: [B, P, H], not [B, L, H].
         masked_hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, masked_lm_positions)
-        mlm_logits = self.cls.predictions(masked_hidden, self.bert.embeddings.word_embeddings.weight)  # [B, P, V]
         nsp_logits = self.cls.seq_relationship(pooled)  # [B, 2]
-        return mlm_logits, nsp_logits
+        table = self.bert.embeddings.word_embeddings.weight  # [V_padded, H], the tied decoder
+        if masked_lm_ids is None:
+            return self.cls.predictions(masked_hidden, table), nsp_logits  # [B, P, V], [B, 2]
+        labels = mlm_labels(masked_lm_ids, masked_lm_positions)  # [B, P], -100 in unused slots
+        mlm_loss = self.cls.predictions.loss(masked_hidden.reshape(-1, masked_hidden.shape[-1]), table,
+                                             labels.reshape(-1))
+        nsp_loss = nsp_cross_entropy(nsp_logits, next_sentence_labels)
+        return mlm_loss + nsp_loss, mlm_loss, nsp_loss
 
 
 def valid_mlm_slots(masked_lm_positions: torch.Tensor) -> torch.Tensor:
@@ -365,27 +386,50 @@ def valid_mlm_slots(masked_lm_positions: torch.Tensor) -> torch.Tensor:
     return (masked_lm_positions != 0).long().cumprod(dim=1).bool()
 
 
-class _MeanCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy over the rows whose label is >= 0 (0 when there are none).
+def mlm_labels(masked_lm_ids: torch.Tensor, masked_lm_positions: torch.Tensor) -> torch.Tensor:
+    """[B, P] long: the masked token ids in the valid slots, -100 (ignore) elsewhere."""
+    return torch.where(valid_mlm_slots(masked_lm_positions), masked_lm_ids.long(), -100)
 
-    Same value as ``F.cross_entropy(..., ignore_index=-100)`` with fewer passes over the big [N, V]
-    logits: the forward computes e = exp(logits - rowmax) once and keeps it (the logits themselves
-    can then be freed); the backward turns e into softmax - one-hot in place. log-probabilities and
-    a zero-filled gradient are never built. The backward can run once (it consumes e).
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_dim: int, in_place: bool):
+    """Mean cross-entropy over the rows whose label is >= 0 (0 when there are none), and what its
+    gradient needs: (loss, saved) for ``softmax_cross_entropy_grad``.
+
+    logits [N, V] (class_dim 1) or [V, N] (class_dim 0), float; labels [N] long, < 0 = ignore.
+    Fewer passes over the big logits than ``F.cross_entropy``: e = exp(logits - max) is computed once
+    (into the logits themselves with in_place) and kept; log-probabilities are never built.
     """
+    valid = labels >= 0
+    count = valid.sum().clamp(min=1)
+    target = labels.clamp(min=0).unsqueeze(class_dim)  # [N, 1] or [1, N]
+    target_logit = logits.gather(class_dim, target).squeeze(class_dim)  # [N], read before logits change
+    row_max = logits.amax(dim=class_dim, keepdim=True)
+    exp_shifted = (logits.sub_(row_max) if in_place else torch.sub(logits, row_max)).exp_()  # in (0, 1]
+    sum_exp = exp_shifted.sum(dim=class_dim)  # [N], >= 1
+    log_norm = row_max.squeeze(class_dim) + sum_exp.log()  # log-sum-exp [N]
+    loss = ((log_norm - target_logit) * valid).sum() / count
+    return loss, (exp_shifted, sum_exp, target, valid, count)
+
+
+def softmax_cross_entropy_grad(grad: torch.Tensor, saved, class_dim: int) -> torch.Tensor:
+    """d loss / d logits = (softmax - one-hot) * grad / count on the labelled rows, written into the kept
+    e = exp(logits - max) (so it can run once per forward)."""
+    exp_shifted, sum_exp, target, valid, count = saved
+    row_scale = grad * valid / count  # [N]: d loss / d row, 0 for ignored rows
+    grad_logits = exp_shifted.mul_((row_scale / sum_exp).unsqueeze(class_dim))  # softmax * row_scale
+    grad_logits.scatter_add_(class_dim, target, -row_scale.to(grad_logits.dtype).unsqueeze(class_dim))
+    return grad_logits
+
+
+class _MeanCrossEntropy(torch.autograd.Function):
+    """``softmax_cross_entropy`` of [N, V] logits under autograd: the same value as
+    ``F.cross_entropy(..., ignore_index=-100)``; the logits themselves can be freed after the forward."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # logits [N, V] float; labels [N] long, < 0 = ignore
-        valid = labels >= 0
-        count = valid.sum().clamp(min=1)
-        target = labels.clamp(min=0).unsqueeze(1)  # [N, 1]
-        row_max = logits.amax(dim=1, keepdim=True)  # [N, 1]
-        exp_shifted = torch.sub(logits, row_max).exp_()  # [N, V], in (0, 1]
-        sum_exp = exp_shifted.sum(dim=1)  # [N], >= 1
-        log_norm = row_max.squeeze(1) + sum_exp.log()  # log-sum-exp [N]
-        loss = ((log_norm - logits.gather(1, target).squeeze(1)) * valid).sum() / count
-        ctx.save_for_backward(exp_shifted, sum_exp, target, valid, count)
+        loss, saved = softmax_cross_entropy(logits, labels, class_dim=1, in_place=False)
+        ctx.save_for_backward(*saved)
         ctx.consumed = False
         return loss
 
@@ -395,25 +439,24 @@ class _MeanCrossEntropy(torch.autograd.Function):
         if ctx.consumed:
             raise RuntimeError("pretraining MLM loss: backward can run only once per forward")
         ctx.consumed = True
-        exp_shifted, sum_exp, target, valid, count = ctx.saved_tensors
-        row_scale = grad * valid / count  # [N]: d loss / d row, 0 for ignored rows
-        grad_logits = exp_shifted.mul_((row_scale / sum_exp).unsqueeze(1))  # softmax * row_scale, in place
-        grad_logits.scatter_add_(1, target, -row_scale.to(grad_logits.dtype).unsqueeze(1))  # - one-hot
-        return grad_logits, None
+        return softmax_cross_entropy_grad(grad, ctx.saved_tensors, class_dim=1), None
 
 
 def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.element_size() < 4 else tensor  # bf16/fp16 logits (autocast)
 
 
+def nsp_cross_entropy(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(_at_least_fp32(nsp_logits), next_sentence_labels.long().reshape(-1))
+
+
 def pretraining_loss(mlm_logits: torch.Tensor, masked_lm_ids: torch.Tensor, masked_lm_positions: torch.Tensor,
                      nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, mlm_loss, nsp_loss): mean CE over the valid masked slots + mean NSP CE (fp32 math)."""
-    labels = torch.where(valid_mlm_slots(masked_lm_positions), masked_lm_ids.long(), -100)  # [B, P]
-    mlm_logits = mlm_logits.reshape(-1, mlm_logits.shape[-1])  # [B * P, V]
-    mlm_loss = _MeanCrossEntropy.apply(_at_least_fp32(mlm_logits), labels.reshape(-1))
-    nsp_loss = F.cross_entropy(_at_least_fp32(nsp_logits), next_sentence_labels.long().reshape(-1))
+    """(loss, mlm_loss, nsp_loss) from the logits: mean CE over the valid masked slots + mean NSP CE (fp32)."""
+    labels = mlm_labels(masked_lm_ids, masked_lm_positions).reshape(-1)  # [B * P]
+    mlm_loss = _MeanCrossEntropy.apply(_at_least_fp32(mlm_logits.reshape(-1, mlm_logits.shape[-1])), labels)
+    nsp_loss = nsp_cross_entropy(nsp_logits, next_sentence_labels)
     return mlm_loss + nsp_loss, mlm_loss, nsp_loss
 
 

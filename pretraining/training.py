@@ -37,7 +37,7 @@ from pretraining.fault_injection import injected_loss_fault
 from pretraining.gradient_sync import GradientSync
 from pretraining.hf_conversion import export_hf
 from pretraining.lamb import PolyWarmUpScheduler, lamb_param_groups, make_lamb
-from pretraining.modeling import BertForPreTraining, pretraining_loss
+from pretraining.modeling import BertForPreTraining
 from pretraining.run_setup import BadInputError, RunPlan, plan_run
 from pretraining.stop_signals import StopSignals
 from pretraining.train_log import TrainingLog
@@ -152,10 +152,8 @@ def accumulate_gradients(args, plan: RunPlan, s: Session, step: int) -> torch.Te
         batch = next(s.data).to(s.device)  # ids/masks [B, L], masked slots [B, P], labels [B]
         with s.sync.micro_step(boundary=micro == plan.accumulation - 1):
             with autocast(s.kind, args.data_type):
-                mlm_logits, nsp_logits = s.forward(batch.input_ids, batch.segment_ids, batch.input_mask,
-                                                   batch.masked_lm_positions)  # [B, P, V], [B, 2]
-                loss, _, _ = pretraining_loss(mlm_logits, batch.masked_lm_ids, batch.masked_lm_positions,
-                                              nsp_logits, batch.next_sentence_labels)
+                loss, _, _ = s.forward(batch.input_ids, batch.segment_ids, batch.input_mask, batch.masked_lm_positions,
+                                       batch.masked_lm_ids, batch.next_sentence_labels)  # MLM + NSP loss, 0-dim
             loss = loss / plan.accumulation + injected_loss_fault(step, s.consecutive_skips == 0)
             loss.backward()
         mark_step(s.kind, s.mode)
@@ -243,7 +241,7 @@ def build_session(args, plan: RunPlan, kind: str, env: DistEnv) -> Session:
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = BertForPreTraining(plan.config).to(device)
     if kind == "cpu" and mode == "eager":
-        use_cpu_kernels(model)  # random-bits dropout, vocab-major MLM logits (central/cpu_kernels.py)
+        use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (central/cpu_kernels.py)
     optimizer = make_lamb(lamb_param_groups(model), args.learning_rate, kind, args.use_fused_lamb)
     start = load_start_point(args, plan.phase, plan.config.to_dict(), [p.name for p in plan.files], model,
                              optimizer, env.rank, env.world_size, warn=lambda line: console(line, env.is_main))

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from central.cpu_kernels import (BitsDropout, attention_with_bits_dropout, bits_dropout, keep_mask,
-                                 use_cpu_kernels)
+from central.cpu_kernels import (BitsDropout, FusedDecoderCrossEntropy, attention_with_bits_dropout, bits_dropout,
+                                 keep_mask, use_cpu_kernels)
 from pretraining.bert_config import BertConfig
-from pretraining.modeling import BertForPreTraining, pretraining_loss
+from pretraining.modeling import BertForPreTraining, decoder_cross_entropy
 
 TINY = BertConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=128, max_position_embeddings=64)
@@ -99,25 +99,86 @@ def test_swap_keeps_eval_outputs_and_trains_with_the_new_dropout():
     # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 2 attention modules, the MLM head
     assert use_cpu_kernels(model) == 8
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
-    assert model.cls.predictions.logits_vocab_major and not reference.cls.predictions.logits_vocab_major
+    assert isinstance(model.cls.predictions.loss_fn, FusedDecoderCrossEntropy)
+    assert reference.cls.predictions.loss_fn is decoder_cross_entropy
     assert use_cpu_kernels(model) == 0  # idempotent
     batch = batch_for(TINY)
     model.eval(), reference.eval()
     (mlm, nsp), (reference_mlm, reference_nsp) = model(*batch), reference(*batch)
-    assert torch.equal(nsp, reference_nsp)  # no dropout: the same maths, bit for bit
-    assert mlm.stride()[-1] == mlm.shape[0] * mlm.shape[1]  # the logits are stored vocab-major
-    torch.testing.assert_close(mlm, reference_mlm, atol=1e-5, rtol=1e-5)  # the same values
-    model.train()
+    assert torch.equal(nsp, reference_nsp) and torch.equal(mlm, reference_mlm)  # no dropout: bit for bit
     labels = torch.randint(1, TINY.vocab_size, (4, 3))
     nsp = torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():  # the fused MLM loss: the same values
+        torch.testing.assert_close(model(*batch, labels, nsp), reference(*batch, labels, nsp), atol=1e-5, rtol=1e-5)
+    model.train()
 
     def loss(seed):
         torch.manual_seed(seed)
-        mlm_logits, nsp_logits = model(*batch)
-        return pretraining_loss(mlm_logits, labels, batch[3], nsp_logits, nsp)[0]
+        return model(*batch, labels, nsp)[0]  # as training calls it: through the fused MLM loss
 
     first, again, other = loss(1), loss(1), loss(2)
     assert torch.equal(first, again)  # the default generator drives the masks: seeded runs repeat
     assert not torch.equal(first, other)  # and dropout is on
     first.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def decoder_inputs(rows: int, ignored: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 32, generator=gen)
+    table = torch.randn(104, 32, generator=gen)  # vocab 101 padded to 104
+    bias = torch.randn(104, generator=gen)
+    labels = torch.randint(0, 101, (rows,), generator=gen)
+    labels[torch.randperm(rows, generator=gen)[:ignored]] = -100
+    return x, table, bias, labels
+
+
+@pytest.mark.parametrize("rows, ignored", [(24, 0), (24, 3), (13, 5), (6, 6)])
+def test_fused_decoder_cross_entropy_equals_the_default(rows, ignored):
+    """Same loss and gradients as decoder_cross_entropy, with unused rows dropped (and padded back to
+    a multiple of 8 with ignored ones), gradients for every input, zero on the padding rows."""
+    x, table, bias, labels = decoder_inputs(rows, ignored)
+    fused = FusedDecoderCrossEntropy()
+    results = []
+    for loss_fn in (fused, decoder_cross_entropy):
+        leaves = [t.clone().requires_grad_() for t in (x, table, bias)]
+        loss = loss_fn(*leaves, labels, 101)
+        loss.backward(torch.tensor(2.0))
+        results.append((loss, [leaf.grad for leaf in leaves]))
+    (fused_loss, fused_grads), (loss, grads) = results
+    assert fused_loss.dtype == torch.float32 and fused_loss.shape == ()
+    torch.testing.assert_close(fused_loss, loss, atol=1e-5, rtol=1e-5)
+    for got, expected in zip(fused_grads, grads):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not fused_grads[1][101:].any() and not fused_grads[2][101:].any()
+    assert not fused_grads[0][labels < 0].any()  # unused rows get no gradient
+    if ignored == rows:
+        assert fused_loss.item() == 0.0 and not fused_grads[1].any()  # no labelled row: 0, not NaN
+    labelled_rounded_up = (rows - ignored + 7) // 8 * 8  # the rows that went through the decoder
+    assert fused.buffer.numel() == 101 * min(labelled_rounded_up, rows)
+
+
+def test_fused_decoder_cross_entropy_reuses_its_buffer_unless_a_backward_still_needs_it():
+    fused = FusedDecoderCrossEntropy()
+    x, table, bias, labels = decoder_inputs(16, 0)
+    table.requires_grad_()
+    fused(x, table, bias, labels, 101).backward()
+    buffer = fused.buffer
+    expected = torch.autograd.grad(decoder_cross_entropy(x, table, bias, labels, 101), table)[0]
+    first = fused(x, table, bias, labels, 101)  # the reused buffer (its last user is done)
+    assert fused.buffer is buffer and fused.user() is not None
+    second = fused(x[:8], table, bias, labels[:8], 101)  # first's backward is pending: a fresh buffer
+    (first_grad,) = torch.autograd.grad(first, table)
+    torch.testing.assert_close(first_grad, expected, atol=1e-5, rtol=1e-5)
+    second.backward()
+    with torch.no_grad():
+        fused(x, table, bias, labels, 101)  # no graph, nothing pending afterwards
+    assert fused.buffer is buffer and fused.user() is None
+    # Should the bookkeeping ever fail, autograd's version check refuses the stale buffer.
+    third = fused(x, table, bias, labels, 101)
+    fused.user = lambda: None
+    fused(x, table, bias, labels, 101)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        third.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 matmuls: the default path, no buffer use
+        torch.testing.assert_close(fused(x, table, bias, labels, 101), decoder_cross_entropy(x, table, bias, labels, 101))

@@ -79,38 +79,50 @@ def test_shapes_padded_vocab_and_tied_decoder():
     assert grad[100].abs().sum() > 0  # token 100 is never an input here, only a decoder row
 
 
-@pytest.mark.parametrize("vocab_major", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_tied_decoder_gradients_equal_those_of_the_sliced_table(autocast, vocab_major):
+def test_tied_decoder_gradients_equal_those_of_the_sliced_table(autocast):
     """_TiedDecoder writes the table gradient in place of slicing under autograd, with zero gradient on
-    the padding rows. Row-major logits: the same numbers bit for bit (fp32, and bf16 autocast where the
-    matmuls run in bf16). Vocab-major ([V, N] storage, the logits its transposed view): the same values,
-    dtype and gradients up to the matmul's summation order."""
+    the padding rows: the same numbers bit for bit (fp32, and bf16 autocast where the matmuls run in bf16)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 32, generator=gen, requires_grad=True)
     table = torch.randn(104, 32, generator=gen, requires_grad=True)
     bias = torch.randn(104, generator=gen, requires_grad=True)
     upstream = torch.randn(3, 4, 101, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        ours = _TiedDecoder.apply(x, table, bias, 101, vocab_major)
+        ours = _TiedDecoder.apply(x, table, bias, 101)
         sliced = torch.nn.functional.linear(x, table[:101], bias[:101])
     assert ours.shape == sliced.shape == (3, 4, 101) and ours.dtype == sliced.dtype
-    assert ours.stride() == ((4, 1, 12) if vocab_major else (404, 101, 1))  # [V, N] storage, N = 3 * 4
-
-    def assert_same(got, expected):
-        if vocab_major:
-            tolerance = dict(atol=5e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(got, expected, **tolerance)
-        else:
-            assert torch.equal(got, expected)
-
-    assert_same(ours, sliced)
+    assert torch.equal(ours, sliced)
     ours_grads = torch.autograd.grad(ours, (x, table, bias), upstream.to(ours.dtype))
     sliced_grads = torch.autograd.grad(sliced, (x, table, bias), upstream.to(sliced.dtype))
     for got, expected in zip(ours_grads, sliced_grads):
         assert got.dtype == expected.dtype == torch.float32
-        assert_same(got, expected)
+        assert torch.equal(got, expected)
     assert not ours_grads[1][101:].any() and not ours_grads[2][101:].any()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_forward_with_labels_returns_the_losses_of_pretraining_loss(autocast):
+    """The training call (labels in, losses out) gives pretraining_loss's numbers and gradients."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(TINY).eval()
+    scramble(model, seed=4)
+    twin = BertForPreTraining(TINY).eval()
+    twin.load_state_dict(model.state_dict())
+    batch = make_batch(seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        losses = model(*batch)
+        mlm_logits, nsp_logits = twin(*batch[:4])
+        expected = pretraining_loss(mlm_logits, batch[4], batch[3], nsp_logits, batch[5])
+    for got, want in zip(losses, expected):
+        assert got.dtype == want.dtype == torch.float32 and got.shape == ()
+        assert torch.equal(got, want)
+    losses[0].backward()
+    expected[0].backward()
+    for (name, param), twin_param in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(param.grad, twin_param.grad), name
+    with pytest.raises(ValueError, match="both masked_lm_ids and next_sentence_labels"):
+        model(*batch[:5])
 
 
 def test_padding_columns_never_win():
@@ -159,7 +171,7 @@ def test_parity_with_transformers(attn_implementation, padded):
     input_ids, token_type_ids, attention_mask, positions, masked_lm_ids, nsp_labels = make_batch(padded=padded)
 
     mlm_logits, nsp_logits = model(input_ids, token_type_ids, attention_mask, positions)
-    loss, mlm_loss, nsp_loss = pretraining_loss(mlm_logits, masked_lm_ids, positions, nsp_logits, nsp_labels)
+    loss, mlm_loss, nsp_loss = model(input_ids, token_type_ids, attention_mask, positions, masked_lm_ids, nsp_labels)
     out = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
              labels=hf_labels(positions, masked_lm_ids, input_ids.shape[1]), next_sentence_label=nsp_labels)
     hf_at_positions = torch.gather(out.prediction_logits, 1, positions[..., None].expand(-1, -1, 101))
