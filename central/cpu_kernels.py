@@ -1,7 +1,7 @@
-"""Faster CPU stand-ins for dropout, attention with dropout and the MLM decoder's layout, set by ``use_cpu_kernels``.
+"""Faster CPU stand-ins for dropout, attention with dropout, the MLM loss and embedding gradients, set by ``use_cpu_kernels``.
 
-Why: ATen's CPU dropout draws one Bernoulli sample per element from a serial generator, about 7 ns
-per element on the 2-core dev VM and not threaded (14 ms for one [32, 4, 128, 128] attention-probs
+Dropout. ATen's CPU dropout draws one Bernoulli sample per element from a serial generator, about
+7 ns per element on the 2-core dev VM and not threaded (14 ms for one [32, 4, 128, 128] attention-probs
 mask), and SDPA on CPU falls back to its math path with that same dropout whenever dropout_p > 0.
 In a BERT-mini training step that is ~8% of the time. Here the keep mask comes from 64 random bits
 per 4 elements: ``int64.random_`` fills a buffer, viewed as int16 lanes each lane is uniform over
@@ -9,10 +9,11 @@ per 4 elements: ``int64.random_`` fills a buffer, viewed as int16 lanes each lan
 1 / 65536 of 1 - p; the kept values are scaled by 65536 / threshold, so the expectation is exact).
 That costs about 1.6 ms for 1M elements instead of 10 ms.
 
-The model stays device-agnostic: its ``nn.Dropout`` modules are replaced by ``BitsDropout``, its
-attention modules' ``attention_fn`` attribute (``F.scaled_dot_product_attention`` by default) by
-``attention_with_bits_dropout``, and the MLM head's ``logits_vocab_major`` is turned on (MKL runs the
-big decoder matmul ~1.7x faster as table @ x^T than as x @ table^T; BERT-mini steps ~7% faster).
+The model stays device-agnostic: its ``nn.Dropout`` modules are replaced by ``BitsDropout``, its plain
+``nn.Embedding`` modules by ``IndexAddEmbedding`` (same parameter, a 5x faster backward), its attention
+modules' ``attention_fn`` attribute (``F.scaled_dot_product_attention`` by default) by
+``attention_with_bits_dropout``, and the MLM head's ``loss_fn`` by ``FusedDecoderCrossEntropy`` (decoder
+and cross-entropy fused over a reused vocab-major buffer; BERT-mini steps ~5% faster).
 The draws come from torch's default CPU generator, so ``torch.manual_seed`` and the checkpointed RNG
 state make runs reproducible and resumable exactly as before; only the masks differ from ATen's.
 Eager CPU only: graph mode lets the compiler generate its own dropout, and accelerators have fused
@@ -68,6 +69,39 @@ class BitsDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class _IndexAddLookup(torch.autograd.Function):
+    """weight[ids] whose backward is one ``index_add_`` into a zeroed table."""
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # ids [...] long, weight [V, H] -> [..., H]
+        ctx.save_for_backward(ids)
+        ctx.table_shape = weight.shape
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])  # [N, H]
+        return None, rows.new_zeros(ctx.table_shape).index_add_(0, ids.reshape(-1), rows)
+
+
+class IndexAddEmbedding(nn.Embedding):
+    """Drop-in for a plain ``nn.Embedding`` (no padding_idx, max_norm or scale_grad_by_freq) with a faster
+    CPU backward: ATen's ``embedding_dense_backward`` takes ~10 ms for BERT-mini's 4096 token rows into
+    the [30528, 256] table (2 cores) where zeros + ``index_add_`` take ~2 ms. Same gradient, summed in
+    another order."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _IndexAddLookup.apply(input, self.weight)
+
+
+def _plain_embedding(module: nn.Module) -> bool:
+    return (type(module) is nn.Embedding and module.padding_idx is None and module.max_norm is None
+            and not module.scale_grad_by_freq and not module.sparse)
 
 
 def attention_with_bits_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -177,6 +211,11 @@ def use_cpu_kernels(model: nn.Module) -> int:
         for name, child in list(module.named_children()):
             if type(child) is nn.Dropout:
                 setattr(module, name, BitsDropout(child.p).train(child.training))
+                swapped += 1
+            elif _plain_embedding(child):  # the same Parameter, a faster backward
+                lookup = IndexAddEmbedding(child.num_embeddings, child.embedding_dim, device="meta")
+                lookup.weight = child.weight
+                setattr(module, name, lookup.train(child.training))
                 swapped += 1
         if getattr(module, "attention_fn", None) is F.scaled_dot_product_attention:
             module.attention_fn = attention_with_bits_dropout

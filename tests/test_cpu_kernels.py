@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from central.cpu_kernels import (BitsDropout, FusedDecoderCrossEntropy, attention_with_bits_dropout, bits_dropout,
-                                 keep_mask, use_cpu_kernels)
+from central.cpu_kernels import (BitsDropout, FusedDecoderCrossEntropy, IndexAddEmbedding, attention_with_bits_dropout,
+                                 bits_dropout, keep_mask, use_cpu_kernels)
 from pretraining.bert_config import BertConfig
 from pretraining.modeling import BertForPreTraining, decoder_cross_entropy
 
@@ -96,9 +96,12 @@ def test_swap_keeps_eval_outputs_and_trains_with_the_new_dropout():
     model = BertForPreTraining(TINY)
     reference = BertForPreTraining(TINY)
     reference.load_state_dict(model.state_dict())
-    # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 2 attention modules, the MLM head
-    assert use_cpu_kernels(model) == 8
-    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    parameters = list(model.parameters())
+    # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 3 embeddings (word, position,
+    # token type), 2 attention modules, the MLM head
+    assert use_cpu_kernels(model) == 11
+    assert not any(type(m) in (torch.nn.Dropout, torch.nn.Embedding) for m in model.modules())
+    assert all(a is b for a, b in zip(model.parameters(), parameters, strict=True))  # the same Parameters
     assert isinstance(model.cls.predictions.loss_fn, FusedDecoderCrossEntropy)
     assert reference.cls.predictions.loss_fn is decoder_cross_entropy
     assert use_cpu_kernels(model) == 0  # idempotent
@@ -182,3 +185,22 @@ def test_fused_decoder_cross_entropy_reuses_its_buffer_unless_a_backward_still_n
         third.backward()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 matmuls: the default path, no buffer use
         torch.testing.assert_close(fused(x, table, bias, labels, 101), decoder_cross_entropy(x, table, bias, labels, 101))
+
+
+def test_index_add_embedding_gives_the_embedding_gradient():
+    torch.manual_seed(0)
+    reference = torch.nn.Embedding(50, 16)
+    lookup = IndexAddEmbedding(50, 16)
+    lookup.weight = torch.nn.Parameter(reference.weight.detach().clone())
+    ids = torch.randint(0, 50, (4, 30))  # 120 lookups into 50 rows: most rows repeat
+    ids[0, :10] = 7
+    upstream = torch.randn(4, 30, 16)
+    out, expected = lookup(ids), reference(ids)
+    assert torch.equal(out, expected)
+    out.backward(upstream)
+    expected.backward(upstream)
+    torch.testing.assert_close(lookup.weight.grad, reference.weight.grad, atol=1e-6, rtol=1e-6)
+    assert lookup.weight.grad[ids.unique()].abs().sum(1).min() > 0
+    unused = torch.ones(50, dtype=torch.bool)
+    unused[ids.flatten()] = False
+    assert not lookup.weight.grad[unused].any()
