@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from central.host_allocator import retain_freed_memory
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared" / "data"
 
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="interleaved runs of each side; the best rate of each is reported")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: this process's CPU time (steadier on a shared, loaded machine)")
+    parser.add_argument("--glibc_malloc_defaults", action="store_true",
+                        help="CPU: keep glibc's malloc thresholds (by default they are raised for every side, "
+                             "as fine-tuning on CPU does: central/host_allocator.py)")
     return parser
 
 
@@ -166,6 +171,8 @@ def main(argv=None) -> int:
     args.data_type = args.data_type or precision
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu" and not args.glibc_malloc_defaults:
+        retain_freed_memory()  # as our fine-tuning on CPU does; process-wide, so the Trainer runs with it too
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from finetuning.model_loading import tokenizer_from_vocab

@@ -11,7 +11,9 @@ transformers first on odd ones) so that load from other processes hits both alik
 time of each is reported. transformers uses attn_implementation="sdpa" and its own loss (labels
 over all positions, -100 elsewhere), as a user would run it. Ours runs as pretraining/training.py
 runs it: labels in, losses out, and on CPU in eager mode with central.cpu_kernels swapped in
-(random-bits dropout, the fused vocab-major MLM decoder + cross-entropy).
+(random-bits dropout, the fused vocab-major MLM decoder + cross-entropy). CPU presets raise glibc's
+malloc thresholds first, as CPU training does (central/host_allocator.py: activations are not
+page-faulted in anew every step); the setting is process-wide, so transformers gets it too.
 
 Presets (issue 3 item 10):
     cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x
@@ -36,6 +38,7 @@ import torch
 
 from central.cpu_kernels import use_cpu_kernels
 from central.device import autocast
+from central.host_allocator import retain_freed_memory
 from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
 from pretraining.lamb import Lamb, lamb_param_groups
@@ -224,6 +227,8 @@ def run_preset(name: str, args) -> List[str]:
     if preset.device == "cuda" and not torch.cuda.is_available():
         return [f"{name}: skipped (no CUDA device visible to PyTorch on this machine)"]
     device = torch.device(preset.device)
+    if device.type == "cpu" and not args.glibc_malloc_defaults:
+        retain_freed_memory()  # as training on CPU does; process-wide, so transformers runs with it too
     config = PRESETS[preset.model]
     precision = args.precision or preset.precision
     steps = args.steps or preset.steps
@@ -280,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time instead of wall time; with --threads 1 it stays "
                              "meaningful on a machine shared with other jobs (CPU presets only)")
+    parser.add_argument("--glibc_malloc_defaults", action="store_true",
+                        help="CPU presets: keep glibc's malloc thresholds (by default they are raised for both "
+                             "models, as training on CPU does: central/host_allocator.py)")
     parser.add_argument("--mfu", action="store_true", help="also print MFU lines for CPU presets")
     parser.add_argument("--peak_tflops", type=float, default=790.0, help="peak FLOP rate for MFU, in TFLOP/s")
     return parser

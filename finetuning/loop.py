@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from central import device as dev
 from central.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, teardown
 from central.dllog import DLLogger, console, progress
+from central.host_allocator import retain_freed_memory
 
 Feature = Dict[str, object]  # {"input_ids": [int], "attention_mask": [int], ..., "labels": int}
 
@@ -77,6 +78,8 @@ def init_runtime(args) -> Runtime:
     for key, value in dev.mode_environment(kind, mode).items():
         os.environ.setdefault(key, value)
     dist_env = init_distributed(kind, getattr(args, "dist_timeout", 1800.0))
+    if kind == "cpu":
+        retain_freed_memory()  # no page faults for each step's activations (central/host_allocator.py)
     return Runtime(kind, mode, args.data_type, dev.torch_device(kind, dist_env.local_rank), dist_env)
 
 

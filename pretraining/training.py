@@ -30,6 +30,7 @@ from central.device import (DeviceUnavailableError, autocast, compile_for_mode, 
                             resolve_device_kind, torch_device)
 from central.distributed import DistEnv, DistributedSetupError, all_reduce_sum, init_distributed, teardown
 from central.dllog import console
+from central.host_allocator import retain_freed_memory
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
 from pretraining.dataset import DataPosition, ShardError, ShardStream
@@ -240,6 +241,8 @@ def build_session(args, plan: RunPlan, kind: str, env: DistEnv) -> Session:
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = BertForPreTraining(plan.config).to(device)
+    if kind == "cpu":
+        retain_freed_memory()  # no page faults for each step's activations (central/host_allocator.py)
     if kind == "cpu" and mode == "eager":
         use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (central/cpu_kernels.py)
     optimizer = make_lamb(lamb_param_groups(model), args.learning_rate, kind, args.use_fused_lamb)

@@ -69,6 +69,14 @@ def test_collator_pads_to_longest_rounded_to_eight():
     assert loop.PaddingCollator().padded_length(16) == 16 and loop.PaddingCollator().padded_length(17) == 24
 
 
+def test_cpu_runtime_retains_freed_memory(monkeypatch):
+    retained = []
+    monkeypatch.setattr(loop, "retain_freed_memory", lambda: retained.append(True))
+    runtime = loop.init_runtime(argparse.Namespace(device="cpu", mode="eager", data_type="fp32"))
+    assert (runtime.kind, runtime.dist.world_size) == ("cpu", 1)
+    assert retained == [True]  # glibc keeps the activations' memory between steps (central/host_allocator)
+
+
 def test_linear_schedule_warmup_then_decay():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)

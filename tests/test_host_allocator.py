@@ -1,0 +1,64 @@
+"""central.host_allocator: freed activations stay in the heap instead of being page-faulted in every step."""
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from central import host_allocator
+from central.host_allocator import retain_freed_memory
+
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+# Where a big block comes from, and whether freeing it gives its pages back to the kernel.
+PROBE_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from central.host_allocator import retain_freed_memory
+    if sys.argv[1] == "retain":
+        assert retain_freed_memory()
+    def mapping_of(address):
+        for line in open("/proc/self/maps"):
+            low, high = (int(part, 16) for part in line.split()[0].split("-"))
+            if low <= address < high:
+                return line.split()[-1] if len(line.split()) > 5 else "anonymous"
+    def resident_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+    block = torch.ones(48 << 18)  # 48 MB: above the 32 MB that glibc's own threshold can reach
+    where = mapping_of(block.data_ptr())
+    freed = torch.ones(200 << 18)  # 200 MB, written then freed
+    before = resident_mb()
+    del freed
+    print(where, before - resident_mb())
+""")
+
+
+def probe(mode: str):
+    done = subprocess.run([sys.executable, "-c", PROBE_SCRIPT, mode], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, released_mb = done.stdout.split()
+    return where, int(released_mb)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
+def test_big_blocks_come_from_the_heap_and_stay_mapped_when_freed():
+    # glibc's defaults: a fresh mmap for the 48 MB block, and the freed 200 MB go back to the kernel
+    # (so the next step would page-fault them in again).
+    where, released_mb = probe("default")
+    assert where != "[heap]" and released_mb >= 190, (where, released_mb)
+    where, released_mb = probe("retain")
+    assert where == "[heap]" and released_mb < 10, (where, released_mb)
+
+
+def test_refuses_thresholds_that_would_wrap_around_in_a_c_int():
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        retain_freed_memory(1 << 34)  # would reach mallopt as 0: trim on every free
+    with pytest.raises(ValueError):
+        retain_freed_memory(-1)
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch):
+    monkeypatch.setattr(host_allocator.platform, "libc_ver", lambda: ("", ""))
+    monkeypatch.setattr(host_allocator.ctypes, "CDLL", lambda name: pytest.fail("must not load libc"))
+    assert retain_freed_memory() is False
