@@ -11,7 +11,7 @@ from central.host_allocator import retain_freed_memory
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
-# Where a big block comes from, and whether freeing it gives its pages back to the kernel.
+# Where an activation-sized block comes from, and whether freeing 200 MB of them gives the pages back.
 PROBE_SCRIPT = textwrap.dedent("""
     import sys, torch
     from central.host_allocator import retain_freed_memory
@@ -19,16 +19,16 @@ PROBE_SCRIPT = textwrap.dedent("""
         assert retain_freed_memory()
     def mapping_of(address):
         for line in open("/proc/self/maps"):
-            low, high = (int(part, 16) for part in line.split()[0].split("-"))
+            fields = line.split()
+            low, high = (int(part, 16) for part in fields[0].split("-"))
             if low <= address < high:
-                return line.split()[-1] if len(line.split()) > 5 else "anonymous"
+                return fields[5] if len(fields) > 5 else "anonymous"
     def resident_mb():
         return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
-    block = torch.ones(48 << 18)  # 48 MB: above the 32 MB that glibc's own threshold can reach
-    where = mapping_of(block.data_ptr())
-    freed = torch.ones(200 << 18)  # 200 MB, written then freed
+    blocks = [torch.ones(10 << 18) for _ in range(20)]  # 20 x 10 MB, written
+    where = mapping_of(blocks[0].data_ptr())
     before = resident_mb()
-    del freed
+    del blocks
     print(where, before - resident_mb())
 """)
 
@@ -42,9 +42,9 @@ def probe(mode: str):
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
-def test_big_blocks_come_from_the_heap_and_stay_mapped_when_freed():
-    # glibc's defaults: a fresh mmap for the 48 MB block, and the freed 200 MB go back to the kernel
-    # (so the next step would page-fault them in again).
+def test_activation_sized_blocks_come_from_the_heap_and_stay_mapped_when_freed():
+    # glibc's defaults: each 10 MB block is a fresh mmap and goes back to the kernel when freed (so the
+    # next training step page-faults it in again).
     where, released_mb = probe("default")
     assert where != "[heap]" and released_mb >= 190, (where, released_mb)
     where, released_mb = probe("retain")
@@ -52,10 +52,10 @@ def test_big_blocks_come_from_the_heap_and_stay_mapped_when_freed():
 
 
 def test_refuses_thresholds_that_would_wrap_around_in_a_c_int():
-    with pytest.raises(ValueError, match="2\\*\\*31"):
-        retain_freed_memory(1 << 34)  # would reach mallopt as 0: trim on every free
-    with pytest.raises(ValueError):
-        retain_freed_memory(-1)
+    with pytest.raises(ValueError, match="kept_free_heap must lie in .0, 2\\*\\*31"):
+        retain_freed_memory(kept_free_heap=1 << 34)  # would reach mallopt as 0: trim on every free
+    with pytest.raises(ValueError, match="heap_block_limit"):
+        retain_freed_memory(heap_block_limit=-1)
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):
