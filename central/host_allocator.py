@@ -4,8 +4,8 @@ By default glibc serves every block above a threshold with a fresh ``mmap`` (128
 to the size of a freed mmapped block, but ``posix_memalign``, which torch allocates with, asks for a
 little more than that, so same-size tensors keep missing it) and gives the top of the heap back to the
 kernel once more than twice that threshold is free. A training step frees its activations at its end and
-allocates them again in the next, so each step page-faults them in anew: 9k-30k faults (35-120 MB) and
-16-62 ms of kernel time per BERT-mini step on the 2-core dev VM, and the matmul that writes a fresh
+allocates them again in the next, so each step page-faults them in anew: 9k-42k faults (35-165 MB) and
+16-78 ms of kernel time per BERT-mini step on the 2-core dev VM, and the matmul that writes a fresh
 [4096, 1024] FFN gradient ran at 70 GFLOP/s instead of 155. ``retain_freed_memory`` serves blocks up to
 32 MiB (the most glibc's own threshold can reach) from the heap and keeps up to 1 GiB of free heap:
 0 faults per BERT-mini step once warm, about the same peak RSS (1.15 GB with glibc's defaults, 1.17 GB
