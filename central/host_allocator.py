@@ -14,6 +14,7 @@ with this, flat from step 20 to step 150).
 Bigger blocks stay mmapped: served from the heap, transformers' [32, 128, 30522] logits (500 MB) made
 its step slower (one interleaved run: 3.7 s with glibc's defaults, 4.9 s with 1 GiB for both
 thresholds, 3.0 s with these).
+
 The setting is process-wide and lasts for the process: call it where a process is about to train on the
 CPU, not from library code that may share the process with something else.
 """

@@ -3,13 +3,14 @@ import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from central import host_allocator
 from central.host_allocator import retain_freed_memory
 
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Where an activation-sized block comes from, and whether freeing 200 MB of them gives the pages back.
 PROBE_SCRIPT = textwrap.dedent("""
