@@ -330,6 +330,12 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
+def decoder_table(word_embeddings: torch.Tensor) -> torch.Tensor:
+    """The MLM decoder's table: the word-embedding weight itself (BertForPreTraining's default
+    ``decoder_table_fn``)."""
+    return word_embeddings
+
+
 class BertForPreTraining(nn.Module):
     """BERT with the masked-LM and next-sentence heads.
 
@@ -349,6 +355,9 @@ class BertForPreTraining(nn.Module):
         self.config = config
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
+        # Gives the tied decoder its table; called before the encoder runs (central.cpu_kernels swaps in an
+        # alias whose early place in the autograd graph matters, see tied_table_alias there).
+        self.decoder_table_fn = decoder_table
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -368,10 +377,10 @@ class BertForPreTraining(nn.Module):
                 next_sentence_labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
         if (masked_lm_ids is None) != (next_sentence_labels is None):
             raise ValueError("pass both masked_lm_ids and next_sentence_labels (losses) or neither (logits)")
+        table = self.decoder_table_fn(self.bert.embeddings.word_embeddings.weight)  # [V_padded, H], tied decoder
         # Only the masked positions go through the last layer and the head: [B, P, H], not [B, L, H].
         masked_hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, masked_lm_positions)
         nsp_logits = self.cls.seq_relationship(pooled)  # [B, 2]
-        table = self.bert.embeddings.word_embeddings.weight  # [V_padded, H], the tied decoder
         if masked_lm_ids is None:
             return self.cls.predictions(masked_hidden, table), nsp_logits  # [B, P, V], [B, 2]
         labels = mlm_labels(masked_lm_ids, masked_lm_positions)  # [B, P], -100 in unused slots

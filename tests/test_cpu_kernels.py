@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from central.cpu_kernels import (BitsDropout, FusedDecoderCrossEntropy, IndexAddEmbedding, attention_with_bits_dropout,
-                                 bits_dropout, keep_mask, use_cpu_kernels)
+                                 bits_dropout, keep_mask, tied_table_alias, use_cpu_kernels)
 from pretraining.bert_config import BertConfig
 from pretraining.modeling import BertForPreTraining, decoder_cross_entropy
 
@@ -98,8 +98,8 @@ def test_swap_keeps_eval_outputs_and_trains_with_the_new_dropout():
     reference.load_state_dict(model.state_dict())
     parameters = list(model.parameters())
     # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 3 embeddings (word, position,
-    # token type), 2 attention modules, the MLM head
-    assert use_cpu_kernels(model) == 11
+    # token type), 2 attention modules, the MLM head, the tied decoder table
+    assert use_cpu_kernels(model) == 12
     assert not any(type(m) in (torch.nn.Dropout, torch.nn.Embedding) for m in model.modules())
     assert all(a is b for a, b in zip(model.parameters(), parameters, strict=True))  # the same Parameters
     assert isinstance(model.cls.predictions.loss_fn, FusedDecoderCrossEntropy)
@@ -204,3 +204,37 @@ def test_index_add_embedding_gives_the_embedding_gradient():
     unused = torch.ones(50, dtype=torch.bool)
     unused[ids.flatten()] = False
     assert not lookup.weight.grad[unused].any()
+
+
+@pytest.mark.parametrize("case", ["pretraining loss", "nsp loss alone", "two micro-batches", "logits"])
+def test_tied_table_gets_the_dense_gradient_of_the_plain_model(case):
+    """The lookup's sparse rows + the decoder's dense gradient (through the early alias) sum to the plain
+    model's table gradient, dense, whichever parts of the graph the backward covers."""
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model, reference = BertForPreTraining(config), BertForPreTraining(config)
+    reference.load_state_dict(model.state_dict())
+    use_cpu_kernels(model)
+    assert model.decoder_table_fn is tied_table_alias and model.bert.embeddings.word_embeddings.sparse_rows
+    assert not model.bert.embeddings.position_embeddings.sparse_rows  # untied tables stay dense
+    batch = batch_for(config)
+    labels = torch.randint(1, config.vocab_size, (4, 3))
+    nsp = torch.tensor([0, 1, 1, 0])
+    for net in (model, reference):
+        if case == "pretraining loss":
+            net(*batch, labels, nsp)[0].backward()
+        elif case == "nsp loss alone":  # no decoder in the graph: the sparse rows alone reach the table
+            net(*batch, labels, nsp)[2].backward()
+        elif case == "two micro-batches":
+            net(*batch, labels, nsp)[0].backward()
+            net(*batch_for(config, seed=1), labels, nsp)[0].backward()
+        else:
+            mlm, nsp_logits = net(*batch)
+            (mlm.square().mean() + nsp_logits.square().mean()).backward()
+    table = model.bert.embeddings.word_embeddings.weight
+    assert not table.grad.is_sparse and table.grad.shape == table.shape
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-6, rtol=1e-5, msg=name)
+    if case == "nsp loss alone":
+        assert table.grad[batch[0].unique()].abs().sum() > 0
