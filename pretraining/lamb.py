@@ -171,7 +171,7 @@ class Lamb(torch.optim.Optimizer):
 
 
 def _pieces(views: tuple, block: Optional[int]) -> List[tuple]:
-    """Same-shaped tensors (w, g, m, v, work) split into flat row ranges of at most ``block`` elements
+    """Same-shaped tensors (w, g, m, v, work) split into flat element ranges of at most ``block`` elements
     (whole when block is None or a tensor is not contiguous)."""
     numel = views[0].numel()
     if block is None or numel <= block or not all(t.is_contiguous() for t in views):
