@@ -131,8 +131,8 @@ def tied_table_alias(word_embeddings: torch.Tensor) -> torch.Tensor:
     reaches the table through this alias, whose backward autograd's engine runs after the lookup's (it
     runs the latest-made ready node first, and this node is older than the lookup). So the sparse rows
     arrive first and the dense gradient, arriving second, absorbs them in place (autograd's input
-    buffer: dense.add_(sparse)). BERT-base: one 94 MB gradient, not two, and steps ~6% faster
-    (3738 -> 3519 ms in one interleaved run). Were the order ever different, the sum would only be
+    buffer: dense.add_(sparse)). BERT-base: one 94 MB gradient, not two, and steps 3-8% faster in
+    interleaved A/B runs (3738 -> 3519 ms alone; 3888 -> 3574 ms beside transformers, medians of 8). Were the order ever different, the sum would only be
     slower (dense + sparse out of place), never different; a backward without the decoder (NSP loss
     alone) leaves a sparse .grad, which ``_densify_grad`` turns dense.
     """

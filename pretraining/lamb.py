@@ -123,7 +123,7 @@ class Lamb(torch.optim.Optimizer):
         c = math.sqrt(correction2) / correction1
         eps = group["eps"] * math.sqrt(correction2)
         block = self.cpu_block_elements if params[0].device.type == "cpu" else None
-        norms: Dict[int, Tuple[list, list]] = defaultdict(lambda: ([], []))  # tensor -> piece norms of w, u'
+        done: Dict[int, List[tuple]] = defaultdict(list)  # tensor -> its pieces so far: (w, u', ||w||, ||u'||)
         for pieces in _blocks(tensors, block):  # pieces: (tensor index, last piece?, (p, g, m, v, work) views)
             p, g, m, v, work = (list(views) for views in zip(*(views for _, _, views in pieces)))
             torch._foreach_copy_(work, g)  # work = g (p.grad is left as computed)
@@ -143,31 +143,30 @@ class Lamb(torch.optim.Optimizer):
             torch._foreach_reciprocal_(work)
             torch._foreach_mul_(work, m)
             torch._foreach_add_(work, p, alpha=group["weight_decay"] / c)  # work = u'
-            for (index, _, _), w_norm, u_norm in zip(pieces, torch._foreach_norm(p), torch._foreach_norm(work)):
-                norms[index][0].append(w_norm)
-                norms[index][1].append(u_norm)
-            finished = [index for index, last, _ in pieces if last]
+            for (index, _, views), w_norm, u_norm in zip(pieces, torch._foreach_norm(p), torch._foreach_norm(work)):
+                done[index].append((views[0], views[4], w_norm, u_norm))
+            finished = [done.pop(index) for index, last, _ in pieces if last]
             if finished:
-                self._apply_trust_ratios(group["lr"], c, finished, norms, tensors, block)
+                _apply_trust_ratios(group["lr"], c, finished)
 
-    @staticmethod
-    def _apply_trust_ratios(lr: float, c: float, indices: List[int], norms: Dict[int, Tuple[list, list]],
-                            tensors: List[tuple], block: Optional[int]) -> None:
-        """w -= lr * ratio * u' for the tensors ``indices`` (their u' is in work), ratio = ||w|| / ||u'||."""
-        def whole(piece_norms: list) -> torch.Tensor:  # ||tensor|| from the norms of its pieces
-            return piece_norms[0] if len(piece_norms) == 1 else torch.stack(piece_norms).norm()
 
-        w_norms = torch.stack([whole(norms[index][0]) for index in indices])
-        u_norms = torch.stack([whole(norms.pop(index)[1]) for index in indices])
-        ratios = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.full_like(w_norms, c))
-        p, work, piece_ratios = [], [], []
-        for index, ratio in zip(indices, ratios.to(tensors[indices[0]][0].dtype).unbind(0)):
-            for piece in _pieces(tensors[index], block):
-                p.append(piece[0])
-                work.append(piece[4])
-                piece_ratios.append(ratio)
-        torch._foreach_mul_(work, piece_ratios)
-        torch._foreach_add_(p, work, alpha=-lr)
+def _apply_trust_ratios(lr: float, c: float, tensors: List[List[tuple]]) -> None:
+    """w -= lr * ratio * u' per tensor, ratio = ||w|| / ||u'|| (c where a norm is 0); each tensor given
+    as its pieces (w, u', ||w||, ||u'||), u' held in the work buffer."""
+    def whole(piece_norms: List[torch.Tensor]) -> torch.Tensor:  # ||tensor|| from the norms of its pieces
+        return piece_norms[0] if len(piece_norms) == 1 else torch.stack(piece_norms).norm()
+
+    w_norms = torch.stack([whole([piece[2] for piece in pieces]) for pieces in tensors])
+    u_norms = torch.stack([whole([piece[3] for piece in pieces]) for pieces in tensors])
+    ratios = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.full_like(w_norms, c))
+    w, u, piece_ratios = [], [], []
+    for pieces, ratio in zip(tensors, ratios.to(tensors[0][0][0].dtype).unbind(0)):
+        for piece in pieces:
+            w.append(piece[0])
+            u.append(piece[1])
+            piece_ratios.append(ratio)
+    torch._foreach_mul_(u, piece_ratios)
+    torch._foreach_add_(w, u, alpha=-lr)
 
 
 def _pieces(views: tuple, block: Optional[int]) -> List[tuple]:
