@@ -15,7 +15,7 @@ modules' ``attention_fn`` attribute (``F.scaled_dot_product_attention`` by defau
 ``attention_with_bits_dropout``, the MLM head's ``loss_fn`` by ``FusedDecoderCrossEntropy`` (decoder
 and cross-entropy fused over a reused vocab-major buffer; BERT-mini steps ~5% faster), and
 BertForPreTraining's ``decoder_table_fn`` by ``tied_table_alias`` (the tied word table's two gradients
-summed without a table-sized zero fill; BERT-base steps ~3-6% faster).
+summed without a table-sized zero fill; BERT-base steps 3-8% faster).
 The draws come from torch's default CPU generator, so ``torch.manual_seed`` and the checkpointed RNG
 state make runs reproducible and resumable exactly as before; only the masks differ from ATen's.
 Eager CPU only: graph mode lets the compiler generate its own dropout, and accelerators have fused
