@@ -276,7 +276,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word(corpora, uncased, tmp_pa
 
 
 def test_gzip_levels_and_compressors_store_the_same_arrays(corpora, uncased, tmp_path):
-    """Level 1 (ISA-L when installed, written as direct chunks) and level 6 (zlib) decode identically."""
+    """Level 1 and level 6 (both written as direct chunks) decode identically."""
     options = InstanceOptions(L, P, dupe_factor=3)
     fast = create_shard([corpora["sample_text"]], tmp_path / "l1.hdf5", uncased, options, gzip_level=1).output
     zlib6 = create_shard([corpora["sample_text"]], tmp_path / "l6.hdf5", uncased, options, gzip_level=6).output
