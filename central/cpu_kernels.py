@@ -1,4 +1,4 @@
-"""Faster CPU stand-ins for dropout, attention with dropout, the MLM loss and embedding gradients, set by ``use_cpu_kernels``.
+"""Faster CPU stand-ins for dropout, attention with dropout, linear layers, the MLM loss and embedding gradients, set by ``use_cpu_kernels``.
 
 Dropout. ATen's CPU dropout draws one Bernoulli sample per element from a serial generator, about
 7 ns per element on the 2-core dev VM and not threaded (14 ms for one [32, 4, 128, 128] attention-probs
@@ -13,9 +13,11 @@ The model stays device-agnostic: its ``nn.Dropout`` modules are replaced by ``Bi
 ``nn.Embedding`` modules by ``IndexAddEmbedding`` (same parameter, a 2-5x faster backward), its attention
 modules' ``attention_fn`` attribute (``F.scaled_dot_product_attention`` by default) by
 ``attention_with_bits_dropout``, the MLM head's ``loss_fn`` by ``FusedDecoderCrossEntropy`` (decoder
-and cross-entropy fused over a reused vocab-major buffer; BERT-mini steps ~5% faster), and
+and cross-entropy fused over a reused vocab-major buffer; BERT-mini steps ~5% faster),
 BertForPreTraining's ``decoder_table_fn`` by ``tied_table_alias`` (the tied word table's two gradients
-summed without a table-sized zero fill; BERT-base steps 3-8% faster).
+summed without a table-sized zero fill; BERT-base steps 3-8% faster), and its ``nn.Linear`` modules and
+attention ``linear_fn`` (``F.linear``) by oneDNN's fp32 matmul (``central.onednn_linear``; BERT-base
+steps ~7% faster).
 The draws come from torch's default CPU generator, so ``torch.manual_seed`` and the checkpointed RNG
 state make runs reproducible and resumable exactly as before; only the masks differ from ATen's.
 Eager CPU only: graph mode lets the compiler generate its own dropout, and accelerators have fused
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from central.onednn_linear import OneDnnLinear, onednn_available, onednn_linear
 from pretraining.modeling import (decoder_cross_entropy, decoder_table, padded_table_gradients,
                                   softmax_cross_entropy, softmax_cross_entropy_grad)
 
@@ -263,8 +266,17 @@ def use_cpu_kernels(model: nn.Module) -> int:
                 lookup.weight = child.weight
                 setattr(module, name, lookup.train(child.training))
                 swapped += 1
+            elif type(child) is nn.Linear and onednn_available():  # the same Parameters, oneDNN's matmul
+                linear = OneDnnLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                                      device="meta")
+                linear.weight, linear.bias = child.weight, child.bias
+                setattr(module, name, linear.train(child.training))
+                swapped += 1
         if getattr(module, "attention_fn", None) is F.scaled_dot_product_attention:
             module.attention_fn = attention_with_bits_dropout
+            swapped += 1
+        if getattr(module, "linear_fn", None) is F.linear and onednn_available():
+            module.linear_fn = onednn_linear
             swapped += 1
         if getattr(module, "loss_fn", None) is decoder_cross_entropy:  # the MLM head
             module.loss_fn = FusedDecoderCrossEntropy()

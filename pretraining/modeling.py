@@ -94,6 +94,8 @@ class BertSelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
         # SDPA's signature; central.cpu_kernels swaps in a CPU version with a faster dropout.
         self.attention_fn = F.scaled_dot_product_attention
+        # F.linear's signature, for the concatenated projections; central.cpu_kernels swaps in oneDNN's.
+        self.linear_fn = F.linear
 
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
                 queries: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -104,11 +106,11 @@ class BertSelfAttention(nn.Module):
         if queries is None:  # one [3H, H] matmul for q, k and v
             weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
             bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-            qkv = F.linear(x, weight, bias).view(batch, seq_len, 3, self.num_heads, head_dim)
+            qkv = self.linear_fn(x, weight, bias).view(batch, seq_len, 3, self.num_heads, head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
         else:  # keys and values for every position, queries only where asked
             weight = torch.cat([self.key.weight, self.value.weight])  # [2H, H]
-            kv = F.linear(x, weight, torch.cat([self.key.bias, self.value.bias]))
+            kv = self.linear_fn(x, weight, torch.cat([self.key.bias, self.value.bias]))
             k, v = kv.view(batch, seq_len, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             q = self.query(queries).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # [B, heads, Q, hd]
         context = self.attention_fn(
