@@ -23,6 +23,7 @@ bf16 there), or torch.compile tracing. ``central.cpu_kernels.use_cpu_kernels`` s
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@functools.cache  # asked on every onednn_linear call; the build does not change
 def onednn_available() -> bool:
     """True when this torch build has oneDNN and its fp32 linear op (x86 and aarch64 wheels do)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
