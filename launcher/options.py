@@ -188,7 +188,7 @@ def _add_copied(parser: argparse.ArgumentParser, flag: Flag, action: argparse.Ac
         parse = at_least(flag.at_least, parse)
     if flag.none_word:
         parse = _none_word(parse)
-    kwargs.update(type=parse, choices=action.choices, default=default)
+    kwargs.update(type=parse, choices=action.choices, default=None if kwargs["required"] else default)
     if flag.pair:
         kwargs.update(nargs=2, metavar=("PHASE1", "PHASE2"))
     elif action.metavar:
