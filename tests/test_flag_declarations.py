@@ -123,3 +123,25 @@ def test_seeds_are_the_scripts():
     assert (pre.seed, fine.seed) == (12439, 42)
     assert script_parser("pretraining.run_pretraining").get_default("seed") == 12439
     assert all(script_parser(m).get_default("seed") == 42 for m in TASK_MODULES.values())
+
+
+def test_run_pretraining_defaults_are_the_phase_table():
+    """The launcher's pairs and the script's own defaults are the same table (pretraining/phases.py)."""
+    from pretraining.phases import PHASES
+
+    parser = script_parser("pretraining.run_pretraining")
+    required = ["--input_dir", "d", "--config_file", "tiny", "--output_dir", "o"]
+    for phase, extra in ((1, []), (2, ["--phase2"])):
+        args = parser.parse_args(required + extra)
+        table = PHASES[phase]
+        assert (args.max_seq_length, args.max_predictions_per_seq, args.learning_rate, args.train_batch_size,
+                args.max_steps, args.warmup_proportion, args.num_steps_per_checkpoint) == (
+            table.max_seq_length, table.max_predictions_per_seq, table.learning_rate, table.micro_batch,
+            table.max_steps, table.warmup_proportion, table.save_steps)
+    assert parser.parse_args(required + ["--phase2", "--max_seq_length", "256"]).max_seq_length == 256
+    assert parser.parse_args(required).phase1_end_step == PHASES[1].max_steps
+    launcher = demo_bert.build_parser().parse_args(["pretraining", "--model_name_or_path", "tiny", "--data_type",
+                                                    "fp32"])
+    assert (launcher.max_seq_length, launcher.batch_size, launcher.save_steps) == (
+        [PHASES[1].max_seq_length, PHASES[2].max_seq_length], [PHASES[1].micro_batch, PHASES[2].micro_batch],
+        [PHASES[1].save_steps, PHASES[2].save_steps])

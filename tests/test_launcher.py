@@ -365,3 +365,31 @@ def test_multi_node_plan_from_a_hostfile(shards, tmp_path, monkeypatch, launcher
         assert "--rdzv_endpoint=node-a:12345" in launcher_argv
     # 8 ranks x 64 per device: 65536 / 512 = 128 accumulation steps, 8192 sequences per rank and step.
     assert "--train_batch_size=8192" in flags and "--gradient_accumulation_steps=128" in flags
+
+
+def test_build_plan_takes_the_machines_facts_and_starts_nothing(shards, tmp_path, monkeypatch):
+    """launcher.plan.build_plan is pure: cores, root and OpenMPI's version come in as a Machine."""
+    import subprocess
+
+    from launcher.machine import Machine
+    from launcher.plan import build_plan
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_plan started a process")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    p1, p2 = shards
+    args = parse("pretraining", "--model_name_or_path", "tiny", "--data_type", "fp32", "--data_dir", str(p1), str(p2),
+                 "-o", str(tmp_path), "--world_size", "4", "--dist")
+    machine = Machine("cpu", physical_cores=16, as_root=False, mpirun="/opt/mpi/bin/mpirun", mpi_major=4)
+    plan = build_plan(args, machine, environ={}, repo_root="/repo", python="py")
+    argv = list(plan.commands[0].argv)
+    assert argv[:3] == ["/opt/mpi/bin/mpirun", "-n", "4"] and "--allow-run-as-root" not in argv
+    assert argv[argv.index("--map-by") + 1] == "socket:PE=4" and argv[argv.index("--rank-by") + 1] == "core"
+    assert plan.env == {"PYTHONPATH": "/repo", "MASTER_ADDR": "localhost", "MASTER_PORT": "12345"}
+    root = build_plan(args, Machine("cpu", physical_cores=2, as_root=True, mpirun="mpirun", mpi_major=5),
+                      environ={}, repo_root="/repo", python="py")
+    assert "--allow-run-as-root" in root.commands[0].argv and "--oversubscribe" in root.commands[0].argv
+    with pytest.raises(LaunchError, match="mpirun is not on PATH"):
+        build_plan(args, Machine("cpu"), environ={}, repo_root="/repo", python="py")
