@@ -8,22 +8,23 @@ never code.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-PathLike = Union[str, Path]
-CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+# Checkpoint names are the launcher's business too: they live torch-free in checkpoint_names (list_checkpoints
+# is re-exported here for the training code).
+from central.checkpoint_names import PathLike, list_checkpoints
+from central.errors import BadInputError, RuntimeFailure
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BadInputError):
     """A checkpoint cannot be read (missing, truncated, corrupted, or carries objects we refuse)."""
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(RuntimeFailure):
     """A checkpoint or export cannot be written (disk full, read-only directory, ...)."""
 
 
@@ -116,20 +117,6 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
     return atomic_write(path, write)
-
-
-def checkpoint_step(path: PathLike) -> Optional[int]:
-    match = CKPT_PATTERN.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def list_checkpoints(directory: PathLike) -> List[Tuple[int, Path]]:
-    """(step, path) of every ``ckpt_<step>.pt`` in ``directory``, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(checkpoint_step(p), p) for p in directory.iterdir() if checkpoint_step(p) is not None]
-    return sorted(found)
 
 
 def keep_last(directory: PathLike, keep: int = 3) -> None:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import warnings
 from typing import Iterable, Optional
 
 import torch
 
 from central.choices import DEVICE_CHOICES, MODE_CHOICES, PRECISION_CHOICES
+from central.errors import BadInputError
+
 DIST_BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(BadInputError):
     """The requested device kind cannot be used on this machine."""
 
 
@@ -137,9 +138,3 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, kind: 
 
 def dist_backend(kind: str) -> str:
     return DIST_BACKENDS[kind]
-
-
-def set_habana_env_defaults(environ=os.environ) -> None:
-    """Habana runtime settings the reference scripts set at start-up (only if the user has not)."""
-    for key, value in {"MAX_WAIT_ATTEMPTS": "50", "PT_HPU_PGM_ENABLE_CACHE": "15"}.items():
-        environ.setdefault(key, value)

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from central.device import dist_backend, habana_module
-from central.launch import DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT
+from central.errors import BadInputError
+from central.rendezvous import DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT
 
 # (rank, world size, local rank) variable names of each launcher, in the order they are trusted.
 _LAUNCHER_VARIABLES = (
@@ -28,7 +29,7 @@ _LAUNCHER_VARIABLES = (
 )
 
 
-class DistributedSetupError(RuntimeError):
+class DistributedSetupError(BadInputError):
     """The launcher's rank variables are unusable (not numbers, rank outside the world, ...)."""
 
 
@@ -142,12 +143,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
-    return tensor
-
-
-def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.broadcast(tensor, src)
     return tensor
 
 

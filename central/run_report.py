@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from central.dllog import PREFIX, read_dllogger
+from central.errors import BadInputError
 
 # Series names by role (the reference's metric names plus what HF-style fine-tuning logs).
 LR_NAMES = ("learning_rate", "lr")
@@ -31,7 +32,7 @@ NOT_METRICS = ("epoch", "step", "global_step", "total_flos") + LR_NAMES
 PRETRAINING_MARKERS = ("step_loss", "average_perf_per_step", "batch_size_per_pu", "average_training_time_step")
 
 
-class ReportInputError(ValueError):
+class ReportInputError(BadInputError):
     """RUN_DIR is missing, holds no DLLogger file, or a file is not DLLogger JSON lines."""
 
 

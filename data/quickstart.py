@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from typing import Dict, List, Optional
 
 from central.checkpoint import atomic_write_text
 from central.dllog import read_dllogger
+from central.errors import BadInputError, RuntimeFailure, exit_status_for_signal, run_main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = "quickstart.json"        # marks a folder this command made (and may therefore clear)
@@ -61,17 +63,23 @@ BUDGETS = {
                     mrpc_epochs=1, squad_epochs=1, finetune_max_steps=12),
 }
 
+PROG = "demo_bert.py quickstart"
 
-class QuickstartError(RuntimeError):
-    """A step failed or the output folder cannot be used; ``status`` is the exit status to return."""
 
-    def __init__(self, message: str, status: int = 2):
+class QuickstartFolderError(BadInputError):
+    """The output folder cannot be used (a file, someone else's folder, not writable)."""
+
+
+class QuickstartError(RuntimeFailure):
+    """A step failed; the quick start ends with that step's exit status."""
+
+    def __init__(self, message: str, status: int):
         super().__init__(message)
-        self.status = status
+        self.exit_status = status
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="demo_bert.py quickstart",
+    parser = argparse.ArgumentParser(prog=PROG,
                                      description="Build a vocab, make shards, pre-train a tiny BERT through both "
                                                  "phases, fine-tune it on MRPC- and SQuAD-format tasks, report.")
     parser.add_argument("-o", "--output_dir", default="quickstart_run", help="run folder (default: ./quickstart_run)")
@@ -162,10 +170,10 @@ def run_step(number: int, total: int, title: str, argv: List[str], env: Dict[str
 def prepare_output_dir(run: Path) -> None:
     """Create ``run``; clear what an earlier quick start left there; refuse any other non-empty folder."""
     if run.exists() and not run.is_dir():
-        raise QuickstartError(f"--output_dir {run}: exists and is not a folder")
+        raise QuickstartFolderError(f"--output_dir {run}: exists and is not a folder")
     if run.is_dir() and any(run.iterdir()):
         if not (run / MARKER).is_file():
-            raise QuickstartError(f"--output_dir {run}: not empty and not a quick-start folder; choose another")
+            raise QuickstartFolderError(f"--output_dir {run}: not empty and not a quick-start folder; choose another")
         for name in OWN_PARTS:
             target = run / name
             if target.is_dir():
@@ -176,7 +184,7 @@ def prepare_output_dir(run: Path) -> None:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / MARKER, json.dumps({"status": "running"}) + "\n")
     except OSError as err:
-        raise QuickstartError(f"--output_dir {run}: cannot be written ({err.strerror or err})") from None
+        raise QuickstartFolderError(f"--output_dir {run}: cannot be written ({err.strerror or err})") from None
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -223,6 +231,10 @@ def show_results(run: Path, results: dict, seconds: float) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_main(lambda _: quickstart(args), argv, prog=PROG, debug=False)
+
+
+def quickstart(args) -> int:
     run = Path(args.output_dir).expanduser().resolve()
     budget = BUDGETS["small" if args.small else "full"]
     steps = plan_steps(run, budget, args.device, args.seed)
@@ -241,19 +253,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for phase in (1, 2):
                     (run / "data" / f"phase{phase}").mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(run / "data" / "vocab.txt", run / "data" / f"phase{phase}" / "vocab.txt")
-    except QuickstartError as err:
-        print(f"demo_bert.py quickstart: error: {err}", file=sys.stderr)
-        return err.status
     except KeyboardInterrupt:  # the running step got the same Ctrl-C and stopped on its own
-        print(f"\ndemo_bert.py quickstart: interrupted; rerun to start over in {run}", file=sys.stderr)
-        return 130
+        print(f"\n{PROG}: interrupted; rerun to start over in {run}", file=sys.stderr)
+        return exit_status_for_signal(signal.SIGINT)
     results = collect_results(run)
     seconds = time.time() - start
     atomic_write_text(run / MARKER, json.dumps({"status": "done", "seconds": round(seconds, 1), "small": args.small,
                                                 "step_seconds": timings, **results}, indent=2) + "\n")
     print(show_results(run, results, seconds))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,19 +5,18 @@
                         cache_dir=args.cache_dir)            # raises ModelLoadError (one line)
     loaded.model, loaded.tokenizer, loaded.source            # source: how it was found, for the log
 
-What the name may be, checked in this order:
-  * ``base`` / ``large``           -> the reference's hub ids (pretraining.bert_config.FINETUNING_HUB_IDS)
-  * ``tiny`` / ``mini`` (any preset in pretraining.bert_config.PRESETS except base/large)
-                                     -> random initialisation of that shape; needs --vocab_file
-  * a ``*.json`` file              -> a bert_config.json: random initialisation; needs --vocab_file
-  * a ``*.pt`` file                -> a pre-training checkpoint ``ckpt_N.pt`` ({'model': state_dict,
-                                      'config': BertConfig fields, ...}), converted with
+What the name is, ``pretraining.model_names.resolve_model_name`` decides (the launcher and pre-training ask
+the same function); this module loads each kind:
+  * preset ``base`` / ``large``    -> the reference's hub ids (model_names.FINETUNING_HUB_IDS)
+  * preset ``tiny`` / ``mini``     -> random initialisation of that shape; needs --vocab_file
+  * bert_config.json               -> random initialisation of its shape; needs --vocab_file (or one beside it)
+  * ckpt_N.pt, or a folder of them -> a pre-training checkpoint ({'model': state_dict, 'config': BertConfig
+                                      fields, ...}; a folder's newest readable one), converted with
                                       pretraining.hf_conversion.to_hf_state_dict; the task head is new
-  * a directory with config.json   -> a local HF model (e.g. the pre-training HF export, or a fine-tuned
+  * a folder with config.json      -> a local HF model (e.g. the pre-training HF export, or a fine-tuned
                                       model this project saved); task head new if the folder has none
-  * a directory with ckpt_N.pt     -> its newest readable checkpoint, as above
-  * anything else                  -> a hub id; offline and not cached -> ModelLoadError that names
-                                      --model_name_or_path and what to pass instead.
+  * a hub id                       -> downloaded (or from the cache); offline and not cached -> one
+                                      ModelLoadError line that names --model_name_or_path and what to pass.
 
 Tokenizer: the model folder's own (vocab.txt / tokenizer.json), else ``--vocab_file`` (a fast WordPiece
 tokenizer, lower-casing unless ``--do_lower_case false``). Attention runs through SDPA.
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Type
@@ -34,14 +32,15 @@ from typing import Optional, Type
 import torch
 
 from central.checkpoint import CheckpointError, latest_valid_checkpoint, safe_load
-from pretraining.bert_config import FINETUNING_HUB_IDS, PRESETS, BertConfig
+from central.errors import BadInputError
+from pretraining.bert_config import PRESETS, BertConfig
+from pretraining.model_names import (FLAG, INSTEAD, ModelKind, ModelName, ModelNameError, hub_offline,
+                                     not_in_cache_error, resolve_model_name)
 
 ATTENTION = "sdpa"
-RANDOM_PRESETS = tuple(name for name in PRESETS if name not in FINETUNING_HUB_IDS)  # tiny, mini
-FLAG = "--model_name_or_path"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(BadInputError):
     """The model or tokenizer cannot be found or read; the message is one line for the user."""
 
 
@@ -50,11 +49,6 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object  # a transformers fast BERT tokenizer
     source: str        # e.g. "hub bert-base-uncased", "random init (tiny)", "pre-training checkpoint ..."
-
-
-def hub_offline(environ=os.environ) -> bool:
-    return any(environ.get(key, "").lower() in ("1", "true", "yes", "on")
-               for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -160,8 +154,6 @@ def _hub_model(name: str, model_class, overrides: dict, cache_dir, vocab_file, d
 
     shown = shown or name
     offline = hub_offline()
-    instead = ("pass a local model folder (config.json + model.safetensors + vocab.txt), a pre-training "
-               "ckpt_N.pt, or a preset (tiny, mini) with --vocab_file")
     try:
         with _quiet_hub_logs():  # connection retries would print many lines before our one-line error
             model = model_class.from_pretrained(name, attn_implementation=ATTENTION, cache_dir=cache_dir,
@@ -176,9 +168,8 @@ def _hub_model(name: str, model_class, overrides: dict, cache_dir, vocab_file, d
         raise
     except Exception as err:
         if offline:
-            raise ModelLoadError(f"{FLAG} {shown}: hub downloads are off (HF_HUB_OFFLINE) and the model is not in "
-                                 f"the local cache; {instead}")
-        raise ModelLoadError(f"{FLAG} {shown}: cannot be downloaded or found ({_first_line(err)}); {instead}")
+            raise ModelLoadError(str(not_in_cache_error(shown, offline=True))) from None
+        raise ModelLoadError(f"{FLAG} {shown}: cannot be downloaded or found ({_first_line(err)}); {INSTEAD}")
     return model, tokenizer
 
 
@@ -190,49 +181,53 @@ def load_model(name_or_path: str, model_class: Type, vocab_file: Optional[str] =
     ``config_overrides`` go into the transformers config (e.g. ``num_labels=2``).
     Raises ModelLoadError with a one-line message for anything the user can fix.
     """
-    name = str(name_or_path)
-    if name in FINETUNING_HUB_IDS:
-        hub_id = FINETUNING_HUB_IDS[name]
+    try:
+        model_name = resolve_model_name(str(name_or_path))
+    except ModelNameError as err:
+        raise ModelLoadError(str(err)) from None
+    kind, name, path = model_name.kind, model_name.name, model_name.path
+    if model_name.hub_id is not None:
+        hub_id = model_name.hub_id
+        shown = name if kind is ModelKind.HUB_ID else f"{name} (hub id {hub_id})"
         model, tokenizer = _hub_model(hub_id, model_class, config_overrides, cache_dir, vocab_file, do_lower_case,
-                                      shown=f"{name} (hub id {hub_id})")
-        return LoadedModel(model, tokenizer, f"hub {hub_id} ({name})")
-    if name in RANDOM_PRESETS:
+                                      shown=shown)
+        return LoadedModel(model, tokenizer, f"hub {hub_id}" + ("" if kind is ModelKind.HUB_ID else f" ({name})"))
+    if kind is ModelKind.PRESET:  # tiny, mini: a shape without weights
         tokenizer = _require_vocab(vocab_file, f"preset {name!r}", do_lower_case)
         config = PRESETS[name].with_vocab_size(len(tokenizer))
         return LoadedModel(_random_model(model_class, config, config_overrides), tokenizer, f"random init ({name})")
+    if kind is ModelKind.CONFIG_JSON:
+        return _config_json_model(path, model_class, config_overrides, vocab_file, do_lower_case)
+    if kind is ModelKind.HF_FOLDER:
+        tokenizer = _tokenizer_for_dir(path, vocab_file, do_lower_case)
+        return LoadedModel(_hf_dir_model(path, model_class, config_overrides), tokenizer, f"local model {path}")
+    checkpoint = _readable_checkpoint(model_name)
+    tokenizer = _require_vocab(vocab_file or _sibling_vocab(checkpoint), f"{checkpoint} (a pre-training checkpoint)",
+                               do_lower_case)
+    model, source = _checkpoint_model(checkpoint, model_class, config_overrides)
+    return LoadedModel(model, tokenizer, source)
 
-    path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".json":
-        try:
-            config = BertConfig.from_json_file(path)
-        except (OSError, ValueError, TypeError, AttributeError) as err:  # unreadable, not JSON, not an object
-            raise ModelLoadError(f"{FLAG} {path}: not a readable bert_config.json ({_first_line(err)})")
-        tokenizer = _require_vocab(vocab_file or _sibling_vocab(path), f"{path} (a bert_config.json)", do_lower_case)
-        if config.vocab_size < len(tokenizer):
-            raise ModelLoadError(f"{FLAG} {path}: vocab_size {config.vocab_size} is smaller than the vocab file's "
-                                 f"{len(tokenizer)} tokens")
-        return LoadedModel(_random_model(model_class, config, config_overrides), tokenizer, f"random init ({path})")
-    if path.is_file() and path.suffix == ".pt":
-        tokenizer = _require_vocab(vocab_file or _sibling_vocab(path), f"{path} (a pre-training checkpoint)",
-                                   do_lower_case)
-        model, source = _checkpoint_model(path, model_class, config_overrides)
-        return LoadedModel(model, tokenizer, source)
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            tokenizer = _tokenizer_for_dir(path, vocab_file, do_lower_case)
-            return LoadedModel(_hf_dir_model(path, model_class, config_overrides), tokenizer, f"local model {path}")
-        newest = latest_valid_checkpoint(path, warn=lambda message: None)
-        if newest is not None:
-            tokenizer = _require_vocab(vocab_file or _sibling_vocab(newest[0]), f"{newest[0]}", do_lower_case)
-            model, source = _checkpoint_model(newest[0], model_class, config_overrides)
-            return LoadedModel(model, tokenizer, source)
-        raise ModelLoadError(f"{FLAG} {path}: the folder has neither config.json (a transformers model) "
-                             f"nor ckpt_N.pt files (pre-training checkpoints)")
-    if path.exists() or name.endswith((".pt", ".json")) or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"{FLAG} {name}: no such file or folder")
 
-    model, tokenizer = _hub_model(name, model_class, config_overrides, cache_dir, vocab_file, do_lower_case)
-    return LoadedModel(model, tokenizer, f"hub {name}")
+def _config_json_model(path: Path, model_class, overrides: dict, vocab_file, do_lower_case) -> LoadedModel:
+    try:
+        config = BertConfig.from_json_file(path)
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # unreadable, not JSON, not an object
+        raise ModelLoadError(f"{FLAG} {path}: not a readable bert_config.json ({_first_line(err)})")
+    tokenizer = _require_vocab(vocab_file or _sibling_vocab(path), f"{path} (a bert_config.json)", do_lower_case)
+    if config.vocab_size < len(tokenizer):
+        raise ModelLoadError(f"{FLAG} {path}: vocab_size {config.vocab_size} is smaller than the vocab file's "
+                             f"{len(tokenizer)} tokens")
+    return LoadedModel(_random_model(model_class, config, overrides), tokenizer, f"random init ({path})")
+
+
+def _readable_checkpoint(model_name: ModelName) -> Path:
+    """The checkpoint file, or a folder's newest checkpoint that loads (broken ones are skipped)."""
+    if model_name.kind is ModelKind.CHECKPOINT_FILE:
+        return model_name.path
+    newest = latest_valid_checkpoint(model_name.path, warn=lambda message: None)
+    if newest is None:
+        raise ModelLoadError(f"{FLAG} {model_name.path}: none of its ckpt_N.pt files can be loaded")
+    return newest[0]
 
 
 @contextlib.contextmanager

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from central.device import DEVICE_CHOICES
+from central.errors import BadInputError
 
 FIELDS = {"squad": ("question", "context"), "mrpc": ("sentence1", "sentence2")}
 ARCHITECTURES = {"squad": "BertForQuestionAnswering", "mrpc": "BertForSequenceClassification"}
 MRPC_NAMES = ("not_equivalent", "equivalent")  # GLUE MRPC: label 1 = the sentences are paraphrases
 
 
-class PredictInputError(ValueError):
+class PredictInputError(BadInputError):
     """Bad input for predict: the message is one line naming the input and what is wrong."""
 
 

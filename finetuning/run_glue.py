@@ -12,23 +12,27 @@ import argparse
 import sys
 from typing import List, Optional
 
+from central.cli_options import whole_number
+from central.errors import run_main
 from finetuning.args import add_common_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetuning.run_glue",
                                      description="Fine-tune BERT on a GLUE task and score it.")
-    add_common_args(parser)
-    parser.set_defaults(max_seq_length=128, learning_rate=2e-5, num_train_epochs=3.0)
+    add_common_args(parser, "glue")
     parser.add_argument("--task_name", required=True, type=str.lower, help="GLUE task (mrpc, ...)")
     parser.add_argument("--do_predict", action="store_true", help="write test-set predictions (GLUE format)")
-    parser.add_argument("--eval_steps", type=int, default=0,
+    parser.add_argument("--eval_steps", type=whole_number, default=0,
                         help="with --do_eval, also evaluate on dev every N steps during training (0: only at the end)")
     parser.add_argument("--group_by_length", action="store_true",
                         help="form training batches of similar length (less padding; single process only)")
-    parser.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training rows")
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="use only the first N dev rows")
-    parser.add_argument("--max_predict_samples", type=int, default=None, help="use only the first N test rows")
+    parser.add_argument("--max_train_samples", type=whole_number, default=None,
+                        help="use only the first N training rows")
+    parser.add_argument("--max_eval_samples", type=whole_number, default=None,
+                        help="use only the first N dev rows")
+    parser.add_argument("--max_predict_samples", type=whole_number, default=None,
+                        help="use only the first N test rows")
     return parser
 
 
@@ -36,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from finetuning.glue_task import run  # heavy imports only once the arguments are valid
 
-    return run(args)
+    return run_main(lambda _: run(args), argv, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,24 @@ import argparse
 import sys
 from typing import List, Optional
 
+from central.cli_options import whole_number
+from central.errors import run_main
 from finetuning.args import add_common_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetuning.run_squad",
                                      description="Fine-tune BERT on SQuAD v1.1 and score it.")
-    add_common_args(parser)
-    parser.set_defaults(max_seq_length=384, learning_rate=3e-5, num_train_epochs=2.0)
-    parser.add_argument("--train_file", default="train-v1.1.json", help="name inside --data_dir, or a path")
-    parser.add_argument("--predict_file", default="dev-v1.1.json", help="name inside --data_dir, or a path")
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--max_query_length", type=int, default=64)
-    parser.add_argument("--n_best_size", type=int, default=20)
-    parser.add_argument("--max_answer_length", type=int, default=30)
+    add_common_args(parser, "squad")
+    parser.add_argument("--train_file", default="train-v1.1.json",
+                        help="SQuAD training file: a name inside --data_dir, or a path")
+    parser.add_argument("--predict_file", default="dev-v1.1.json",
+                        help="SQuAD dev file: a name inside --data_dir, or a path")
+    parser.add_argument("--doc_stride", type=whole_number, default=128,
+                        help="tokens between the starts of two windows over a long document")
+    parser.add_argument("--max_query_length", type=whole_number, default=64)
+    parser.add_argument("--n_best_size", type=whole_number, default=20)
+    parser.add_argument("--max_answer_length", type=whole_number, default=30)
     return parser
 
 
@@ -33,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from finetuning.squad_task import run  # heavy imports only once the arguments are valid
 
-    return run(args)
+    return run_main(lambda _: run(args), argv, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
+from central.errors import BadInputError
+
 SUPPORTED_VERSION = "1.1"
 
 
-class SquadDataError(ValueError):
+class SquadDataError(BadInputError):
     """A SQuAD file is missing or malformed; the message is one line for the user."""
 
 
@@ -115,12 +117,6 @@ def _read_answers(raw, context: str, where: str, path: Path, required: bool) -> 
                                  f"({len(context)} characters)")
         answers.append((text, start))
     return answers
-
-
-def answer_matches_context(example: SquadExample, index: int = 0) -> bool:
-    """Whether answer ``index`` is found in the context at its answer_start (training needs that)."""
-    text, start = example.answers[index]
-    return example.context[start:start + len(text)] == text
 
 
 def gold_answers(examples: List[SquadExample]) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 
 from central.device import DeviceUnavailableError
 from central.dllog import console
+from central.errors import BadInputError
 from finetuning import loop
 from finetuning.args import check_common_args
 from finetuning.model_loading import ModelLoadError, load_model
@@ -28,7 +29,7 @@ from finetuning.squad_metrics import evaluate
 from finetuning.squad_postprocess import best_answers, write_json
 
 
-class SquadArgumentError(ValueError):
+class SquadArgumentError(BadInputError):
     """A command-line setting that cannot work (one line for the user)."""
 
 

@@ -1,7 +1,7 @@
 """BERT shape configuration: the ``bert_config.json`` format and the named presets.
 
-One source of truth for model shapes: the launcher validates ``--model_name_or_path`` against
-``PRESETS``, pre-training builds its model from ``BertConfig``, fine-tuning turns it into a
+One source of truth for model shapes: ``pretraining.model_names`` resolves a name to a preset or a
+file, pre-training builds its model from ``BertConfig``, fine-tuning turns it into a
 ``transformers.BertConfig``.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 PathLike = Union[str, Path]
 
@@ -57,14 +57,6 @@ PRESETS = {
     "base": BertConfig(),
     "large": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-
-# Hub checkpoints the reference maps its names to (fine-tuning downloads these; pre-training uses the shape).
-FINETUNING_HUB_IDS = {"base": "bert-base-uncased", "large": "bert-large-uncased-whole-word-masking"}
-
-
-def preset_config(name: str, vocab_size: Optional[int] = None) -> BertConfig:
-    config = PRESETS[name]
-    return config.with_vocab_size(vocab_size) if vocab_size else config
 
 
 def count_vocab(vocab_file: PathLike) -> int:

@@ -17,6 +17,7 @@ from typing import Dict, Mapping, Union
 import torch
 
 from central.checkpoint import atomic_write, atomic_write_text
+from central.errors import BadInputError
 from pretraining.bert_config import BertConfig
 from pretraining.modeling import padded_vocab_size
 
@@ -29,7 +30,7 @@ BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class ConversionError(ValueError):
+class ConversionError(BadInputError):
     """A state dict does not fit the given BertConfig (one line naming the key and the mismatch)."""
 
 

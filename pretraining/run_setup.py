@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from central.checkpoint import list_checkpoints
+from central.errors import BadInputError
 from pretraining.bert_config import PRESETS, BertConfig, count_vocab
 from pretraining.dataset import ShardError, ShardShape, check_layout, list_training_files
-
-
-class BadInputError(ValueError):
-    """A user input that cannot work; the message is one line naming it."""
+from pretraining.model_names import ModelKind, resolve_model_name
+from pretraining.phases import micro_batch
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,9 @@ class RunPlan:
 
 
 def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) -> Tuple[BertConfig, Optional[Path]]:
-    """``--config_file``: a bert_config.json path (its vocab_size as given) or a preset name (vocab_size
-    from the vocab.txt: ``--vocab_file``, else ``<input_dir>/vocab.txt``, else the preset's 30522)."""
+    """``--config_file``: a bert_config.json (its vocab_size as given; also a model folder's) or a preset name
+    (vocab_size from the vocab.txt: ``--vocab_file``, else ``<input_dir>/vocab.txt``, else the preset's 30522).
+    The name is classified by ``pretraining.model_names``, as the launcher does."""
     vocab: Optional[Path] = Path(vocab_file) if vocab_file else None
     if vocab is not None and not vocab.is_file():
         raise BadInputError(f"--vocab_file {vocab}: no such file")
@@ -50,13 +50,18 @@ def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) 
     if vocab_entries == 0:
         raise BadInputError(f"vocab file {vocab} is empty")
 
-    if config_file in PRESETS:
+    model = resolve_model_name(config_file, flag="--config_file", hub=False)
+    if model.kind is ModelKind.PRESET:
         config = PRESETS[config_file]
         if vocab_entries:
             config = config.with_vocab_size(vocab_entries)
-    elif Path(config_file).is_file():
+    else:
+        shape = model.shape_file()
+        if shape is None:
+            raise BadInputError(f"--config_file {config_file}: a checkpoint has no shape; give a bert_config.json "
+                                f"or a preset ({', '.join(PRESETS)})")
         try:
-            with open(config_file, encoding="utf-8") as handle:
+            with open(shape, encoding="utf-8") as handle:
                 values = json.load(handle)
             config = BertConfig.from_dict(values)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as err:
@@ -64,9 +69,6 @@ def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) 
         if vocab_entries and vocab_entries > config.vocab_size:
             raise BadInputError(f"--config_file {config_file}: vocab_size {config.vocab_size} is smaller than "
                                 f"the {vocab_entries} entries of {vocab}")
-    else:
-        raise BadInputError(f"--config_file {config_file}: neither a file nor a preset "
-                            f"({', '.join(PRESETS)})")
     if config.hidden_size % config.num_attention_heads:
         raise BadInputError(f"--config_file {config_file}: hidden_size {config.hidden_size} is not a multiple "
                             f"of num_attention_heads {config.num_attention_heads}")
@@ -92,9 +94,7 @@ def plan_run(args) -> RunPlan:
     for flag, value in positive.items():
         if not value > 0:
             raise BadInputError(f"{flag} {value}: must be positive")
-    if args.train_batch_size % args.gradient_accumulation_steps:
-        raise BadInputError(f"--train_batch_size {args.train_batch_size} is not a multiple of "
-                            f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    micro = micro_batch(args.train_batch_size, args.gradient_accumulation_steps)
     if not 0.0 <= args.warmup_proportion <= 1.0:
         raise BadInputError(f"--warmup_proportion {args.warmup_proportion}: must lie in [0, 1]")
     if args.max_seq_length > config.max_position_embeddings:
@@ -123,7 +123,7 @@ def plan_run(args) -> RunPlan:
     _check_writable(hf_export_dir, "--hf_export_dir")
     return RunPlan(
         config=config, vocab_file=vocab, files=files, shape=shape,
-        micro_batch=args.train_batch_size // args.gradient_accumulation_steps,
+        micro_batch=micro,
         accumulation=args.gradient_accumulation_steps,
         phase=2 if args.phase2 else 1, step_offset=args.phase1_end_step if args.phase2 else 0,
         max_steps=int(args.max_steps), output_dir=output_dir, hf_export_dir=hf_export_dir,

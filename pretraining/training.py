@@ -30,6 +30,7 @@ from central.device import (DeviceUnavailableError, autocast, compile_for_mode, 
                             resolve_device_kind, torch_device)
 from central.distributed import DistEnv, DistributedSetupError, all_reduce_sum, init_distributed, teardown
 from central.dllog import console
+from central.errors import RuntimeFailure
 from central.host_allocator import retain_freed_memory
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
@@ -47,7 +48,7 @@ from pretraining.train_log import TrainingLog
 MAX_CONSECUTIVE_SKIPS = 10
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RuntimeFailure):
     """The loss became NaN/inf and --nonfinite_loss says stop (or too many steps in a row were skipped)."""
 
 

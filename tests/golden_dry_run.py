@@ -3,8 +3,9 @@
     python tests/golden_dry_run.py > tests/golden/dry_run.txt      # record (from the repository root)
     (tests/test_golden_dry_run.py compares the current output with the recorded file)
 
-Paths that differ between machines are replaced by placeholders (<TMP>, <REPO>, <PYTHON>, <MPIRUN>), so the
-text only changes when the commands or the environment the launcher builds change.
+Paths that differ between machines are replaced by placeholders (<TMP>, <REPO>, <PYTHON>, <MPIRUN>), and the
+machine's facts are fixed (those of the 2-core VM, run as root with OpenMPI 5, where the file was first
+recorded), so the text only changes when the commands or the environment the launcher builds change.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from typing import List
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_FILE = REPO_ROOT.parent / "shared" / "seed" / "000_836054707efe8940.txt"
+
+# The facts demo_bert.main would otherwise probe: CPU, 2 physical cores, root, OpenMPI 5.
+GOLDEN_MACHINE = dict(device="cpu", physical_cores=2, as_root=True, mpirun="mpirun", mpi_major=5)
 
 # Lines beyond the seed's: defaults, other devices, launchers, phases and model names.
 EXTRA_LINES = [
@@ -75,13 +79,14 @@ def make_inputs(root: Path) -> dict:
 
 def dry_run(line: str, inputs: dict, output_dir: Path) -> str:
     import demo_bert
+    from launcher.machine import Machine
 
     for placeholder, value in inputs.items():
         line = line.replace(placeholder, str(value))
     argv = shlex.split(line) + ["--device", "cpu", "--dry_run", "-o", str(output_dir)]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = demo_bert.main(argv)
+        status = demo_bert.main(argv, machine=Machine(**GOLDEN_MACHINE))
     return f"exit {status}\n{out.getvalue()}{err.getvalue()}"
 
 

@@ -3,7 +3,7 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from central.launch import SCRIPT_MODULES
+from launcher.options import SCRIPT_MODULES
 
 SHARD_NAME = "books_wiki_en_corpus_training_0.hdf5"
 

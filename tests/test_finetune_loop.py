@@ -178,7 +178,7 @@ def test_load_model_from_bert_config_json_and_errors(tmp_path, shared_data):
     with pytest.raises(ModelLoadError, match="no such file"):
         load_model(str(tmp_path / "missing.pt"), BertForSequenceClassification)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="neither config.json"):
+    with pytest.raises(ModelLoadError, match="the folder has no config.json"):
         load_model(str(tmp_path / "empty"), BertForSequenceClassification)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="cannot be loaded"):

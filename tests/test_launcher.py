@@ -1,12 +1,18 @@
-"""demo_bert.py option parsing and central/launch.py command building (in-process, no training runs)."""
+"""demo_bert.py option parsing (launcher/options.py) and command building (launcher/plan.py), in-process."""
 import shlex
 from pathlib import Path
 
 import pytest
 
 import demo_bert
-from central import launch
-from central.launch import LaunchError
+from central.errors import BadInputError
+from central.process_runner import Command, Plan
+from launcher import plan as launch
+from launcher.errors import LaunchError
+from launcher.inputs import finetuning_model
+from launcher.options import GLUE_MODULE, SQUAD_MODULE
+from pretraining.phases import PHASES, per_rank_batch
+from pretraining.model_names import ModelNameError
 from launcher_helpers import make_shard_dirs, parse_dry_run, script_parser, split_script
 
 
@@ -45,7 +51,7 @@ def test_pretraining_options_have_the_reference_names_and_defaults():
     assert args.steps_this_run == [-1, -1]
     assert args.init_checkpoint == [None, None] and args.resume_step == [None, None]
     assert args.max_predictions_per_seq == [20, 80]
-    assert args.train_batch_size is None and launch.DEFAULT_TRAIN_BATCH_SIZE == (65536, 32768)
+    assert args.train_batch_size is None and (PHASES[1].global_batch, PHASES[2].global_batch) == (65536, 32768)
     assert (args.seed, args.output_dir, args.device, args.world_size, args.process_per_node) == (
         12439, "/tmp", "auto", 1, 0)
     assert args.mode is None and args.phase is None
@@ -61,7 +67,9 @@ def test_pretraining_options_have_the_reference_names_and_defaults():
 def test_finetuning_options_have_the_reference_names_and_defaults():
     args = parse("finetuning", "--model_name_or_path", "base", "--data_type", "fp32", "-p", "d")
     assert (args.task_name, args.learning_rate, args.max_seq_length, args.batch_size) == ("mrpc", 2e-5, 128, 8)
-    assert (args.per_device_eval_batch_size, args.num_train_epochs, args.logging_steps, args.seed) == (8, 1, 1, 42)
+    # MRPC's 3 epochs (the seed's and run_glue's; the reference launcher's single default was 1)
+    assert (args.per_device_eval_batch_size, args.num_train_epochs, args.logging_steps, args.seed) == (8, 3, 1, 42)
+    assert args.doc_stride is None and args.train_file is None  # SQuAD-only options stay unset for MRPC
     assert args.max_steps is None and args.save_steps is None and not args.do_eval
     assert args.model_type == "bert"
     short = parse("finetuning", "--model_name_or_path", "base", "--data_type", "bf16", "-p", "d", "-t", "squad",
@@ -71,6 +79,27 @@ def test_finetuning_options_have_the_reference_names_and_defaults():
             short.per_device_eval_batch_size, short.num_train_epochs, short.logging_steps, short.doc_stride,
             short.save_steps, short.train_file, short.predict_file) == (
         "squad", 3e-5, 384, 12, 16, 2.0, 10, 64, 100, "t.json", "p.json")
+
+
+def test_finetuning_defaults_follow_the_task():
+    """The launcher's defaults are the chosen task's script defaults (finetuning/task_defaults.py)."""
+    squad = parse("finetuning", "--model_name_or_path", "base", "--data_type", "fp32", "-p", "d", "-t", "squad")
+    assert (squad.max_seq_length, squad.learning_rate, squad.num_train_epochs) == (384, 3e-5, 2.0)
+    assert (squad.doc_stride, squad.train_file, squad.predict_file) == (128, "train-v1.1.json", "dev-v1.1.json")
+    mrpc = parse("finetuning", "--model_name_or_path", "base", "--data_type", "fp32", "-p", "d", "-t", "mrpc")
+    assert (mrpc.max_seq_length, mrpc.learning_rate, mrpc.num_train_epochs) == (128, 2e-5, 3.0)
+    given = parse("finetuning", "--model_name_or_path", "base", "--data_type", "fp32", "-p", "d", "-t", "squad",
+                  "-s", "256", "-e", "1")
+    assert (given.max_seq_length, given.learning_rate, given.num_train_epochs) == (256, 3e-5, 1.0)
+
+
+def test_finetuning_help_shows_the_defaults_of_each_task(capsys):
+    with pytest.raises(SystemExit):
+        parse("finetuning", "-h")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 384 for squad, 128 for mrpc)" in text
+    assert "(default: 3e-05 for squad, 2e-05 for mrpc)" in text and "(default: 2.0 for squad, 3.0 for mrpc)" in text
+    assert "(squad only; default: 128)" in text and "(default: 42)" in text
 
 
 def test_parsers_do_not_import_torch():
@@ -91,17 +120,17 @@ def launch_root():
 
 
 def test_per_device_batch_is_always_honoured():
-    assert launch.per_rank_batch(64, 1, False, None, 1) == (64, 1)
-    assert launch.per_rank_batch(64, 8, False, None, 1) == (64, 1)
-    assert launch.per_rank_batch(64, 1, True, None, 1) == (65536, 1024)
-    assert launch.per_rank_batch(64, 8, True, None, 1) == (8192, 128)
-    assert launch.per_rank_batch(8, 8, True, None, 2) == (4096, 512)
-    assert launch.per_rank_batch(32, 2, True, 256, 1) == (128, 4)
+    assert per_rank_batch(64, 1, False, None, 1) == (64, 1)
+    assert per_rank_batch(64, 8, False, None, 1) == (64, 1)
+    assert per_rank_batch(64, 1, True, None, 1) == (65536, 1024)
+    assert per_rank_batch(64, 8, True, None, 1) == (8192, 128)
+    assert per_rank_batch(8, 8, True, None, 2) == (4096, 512)
+    assert per_rank_batch(32, 2, True, 256, 1) == (128, 4)
 
 
 def test_non_dividing_batch_arithmetic_names_the_options():
-    with pytest.raises(LaunchError) as err:
-        launch.per_rank_batch(60, 8, True, None, 1)
+    with pytest.raises(BadInputError) as err:
+        per_rank_batch(60, 8, True, None, 1)
     message = str(err.value)
     assert "--train_batch_size 65536" in message and "--world_size" in message and "--batch_size" in message
     assert "\n" not in message
@@ -208,7 +237,7 @@ def test_finetuning_maps_tasks_and_models(tmp_path, model, expected):
     (command,) = demo_bert.build_plan(args).commands
     _, module, _ = split_script(list(command.argv))
     ns = flags_of(command)
-    assert module == launch.SQUAD_MODULE and ns.model_name_or_path == expected
+    assert module == SQUAD_MODULE and ns.model_name_or_path == expected
     assert (ns.per_device_train_batch_size, ns.per_device_eval_batch_size, ns.max_seq_length) == (12, 16, 384)
     assert (ns.do_train, ns.do_eval, ns.overwrite_output_dir, ns.max_steps, ns.save_steps) == (
         True, True, True, 9, 3)
@@ -223,7 +252,7 @@ def test_mrpc_runs_run_glue(tmp_path):
     (command,) = demo_bert.build_plan(args).commands
     _, module, _ = split_script(list(command.argv))
     ns = flags_of(command)
-    assert module == launch.GLUE_MODULE and ns.task_name == "mrpc"
+    assert module == GLUE_MODULE and ns.task_name == "mrpc"
     assert (ns.num_train_epochs, ns.learning_rate, ns.seed, ns.logging_steps, ns.data_type) == (
         3.0, 3e-5, 7, 5, "bf16")
     assert ns.output_dir == str(tmp_path / "mrpc") and not ns.do_eval
@@ -244,73 +273,11 @@ def test_finetuning_accepts_a_cached_hub_id_and_a_model_folder(tmp_path, monkeyp
     args = parse("finetuning", "--model_name_or_path", str(snapshot), "--data_type", "fp32", "-d", "cpu",
                  "-p", str(tmp_path))
     assert flags_of(demo_bert.build_plan(args).commands[0]).model_name_or_path == str(snapshot)
-    with pytest.raises(LaunchError, match="not in the local Hugging Face cache"):
-        demo_bert.finetuning_model("someone/other-bert", str(cache))
+    with pytest.raises(ModelNameError, match="not in the local Hugging Face cache"):
+        finetuning_model("someone/other-bert", str(cache))
 
 
-# ----------------------------------------------------------------------------- topology and wrapping
-
-
-def test_topology_rules(tmp_path):
-    single = launch.resolve_topology(1, False, None, False, None, 0, {})
-    assert not single.distributed
-    assert launch.resolve_topology(8, True, None, False, None, 0, {}).launcher == "mpirun"
-    assert launch.resolve_topology(8, True, None, True, None, 0, {}).launcher == "torchrun"
-    for bad, needle in [((8, False, None, False, None, 0, {}), "--dist"),
-                        ((1, True, None, False, None, 0, {}), "--world_size"),
-                        ((2, True, "mpirun", True, None, 0, {}), "--no_mpirun"),
-                        ((1, False, None, False, None, 4, {}), "--hostfile")]:
-        with pytest.raises(LaunchError, match=needle):
-            launch.resolve_topology(*bad)
-    hostfile = tmp_path / "hosts"
-    hostfile.write_text("# nodes\nnode-a slots=8\n\nnode-b slots=8  # second\nnode-a\n")
-    assert launch.parse_hostfile(str(hostfile)) == ["node-a", "node-b"]
-    multi = launch.resolve_topology(1, False, None, False, str(hostfile), 4, {})
-    assert (multi.world_size, multi.hosts, multi.per_node) == (8, ("node-a", "node-b"), 4)
-    assert launch.resolve_topology(16, True, None, False, str(hostfile), 0, {}).per_node == 8
-    with pytest.raises(LaunchError, match="--process_per_node 4 = 8"):
-        launch.resolve_topology(6, True, None, False, str(hostfile), 4, {})
-    legacy = launch.resolve_topology(1, False, None, False, None, 2, {"MULTI_HLS_IPS": "10.0.0.1,10.0.0.2"})
-    assert (legacy.world_size, legacy.hosts) == (4, ("10.0.0.1", "10.0.0.2"))
-    (tmp_path / "empty").write_text("# nothing\n")
-    with pytest.raises(LaunchError, match="lists no hosts"):
-        launch.parse_hostfile(str(tmp_path / "empty"))
-
-
-def test_mpirun_prefix_binds_cores_and_exports_variables():
-    two = launch.Topology(world_size=2)
-    argv = launch.mpirun_prefix(two, ["PYTHONPATH", "MASTER_ADDR"], cores=16, as_root=False, mpi_major=4)
-    assert argv == ["mpirun", "-n", "2", "--bind-to", "core", "--map-by", "socket:PE=8", "--rank-by", "core",
-                    "--report-bindings", "-x", "PYTHONPATH", "-x", "MASTER_ADDR"]
-    small = launch.mpirun_prefix(launch.Topology(world_size=8), [], cores=2, as_root=True, mpi_major=5)
-    assert small[:4] == ["mpirun", "-n", "8", "--allow-run-as-root"]
-    assert "--oversubscribe" in small and "core:overload-allowed" in small
-    assert small[small.index("--map-by") + 1] == "socket:PE=1" and small[small.index("--rank-by") + 1] == "slot"
-    fits = launch.mpirun_prefix(two, [], cores=2, as_root=False, mpi_major=5)
-    assert "--oversubscribe" not in fits and fits[fits.index("--bind-to") + 1] == "core"
-    multi = launch.Topology(world_size=8, hosts=("a", "b"), per_node=4, hostfile="/etc/hosts.txt")
-    argv = launch.mpirun_prefix(multi, [], cores=32, as_root=False, mpi_major=4)
-    assert argv[argv.index("--hostfile") + 1] == "/etc/hosts.txt"
-    assert argv[argv.index("--map-by") + 1] == "ppr:4:node:PE=8" and argv[2] == "8"
-
-
-def test_torchrun_prefix_single_and_multi_node():
-    env = {"MASTER_ADDR": "localhost", "MASTER_PORT": "12345"}
-    single = launch.torchrun_prefix(launch.Topology(world_size=4, launcher="torchrun"), env, "py")
-    assert single == ["py", "-m", "torch.distributed.run", "--nproc_per_node=4", "--master_addr=localhost",
-                      "--master_port=12345"]
-    multi = launch.torchrun_prefix(launch.Topology(8, "torchrun", ("n0", "n1"), 4), env, "py")
-    assert multi[3:] == ["--nnodes=2", "--nproc_per_node=4", "--rdzv_backend=c10d", "--rdzv_endpoint=n0:12345",
-                         "--rdzv_id=bert"]
-
-
-def test_environment_for_children():
-    topo = launch.Topology()
-    env = launch.launch_environment("/repo", {"PYTHONPATH": "/other"}, topo)
-    assert env == {"PYTHONPATH": "/repo:/other", "MASTER_ADDR": "localhost", "MASTER_PORT": "12345"}
-    env = launch.launch_environment("/repo", {"MASTER_PORT": "999"}, launch.Topology(4, hosts=("h0", "h1"),
-                                                                                   per_node=2), {"X": "1"})
-    assert env == {"PYTHONPATH": "/repo", "MASTER_ADDR": "h0", "MASTER_PORT": "999", "X": "1"}
+# ----------------------------------------------------------------------------- wrapping
 
 
 def test_distributed_plans_wrap_every_phase(shards, tmp_path, monkeypatch):
@@ -327,70 +294,14 @@ def test_distributed_plans_wrap_every_phase(shards, tmp_path, monkeypatch):
 
 def test_dry_run_text_round_trips_through_a_shell_parser():
     env = {"PYTHONPATH": "/a b/c", "MASTER_PORT": "1"}
-    command = launch.Command("phase1", ("python", "-m", "x", "--output_dir=/tmp/it's here", "--flag"))
-    text = launch.format_dry_run(launch.Plan((command,), env))
+    command = Command("phase1", ("python", "-m", "x", "--output_dir=/tmp/it's here", "--flag"))
+    text = launch.format_dry_run(Plan((command,), env))
     parsed_env, commands = parse_dry_run(text)
     assert parsed_env == env and commands == [list(command.argv)]
     assert text.splitlines()[-1] == shlex.join(command.argv)
 
 
-# ----------------------------------------------------------------------------- runner
-
-
-def _python(code):
-    import sys
-
-    return (sys.executable, "-c", code)
-
-
-def test_runner_stops_at_the_first_failure(tmp_path):
-    import io
-
-    out, err = io.BytesIO(), io.BytesIO()
-    marker = tmp_path / "third-ran"
-    plan = launch.Plan((
-        launch.Command("first", _python("print('hello from first')")),
-        launch.Command("second", _python("import sys; print('oops', file=sys.stderr); sys.exit(5)")),
-        launch.Command("third", _python(f"open({str(marker)!r}, 'w')")),
-    ), {"BERT_TEST_VAR": "seen"})
-    assert launch.run_plan(plan, stdout=out, stderr=err) == 5
-    assert b"hello from first" in out.getvalue() and b"oops" in err.getvalue()
-    assert b"second failed with exit status 5; not run: third" in err.getvalue()
-    assert not marker.exists()
-
-
-def test_runner_passes_env_and_tees_to_the_log(tmp_path):
-    import io
-
-    log = tmp_path / "results" / "phase1.log"
-    plan = launch.Plan((launch.Command("phase1", _python(
-        "import os, sys; sys.stdout.write(os.environ['BERT_TEST_VAR'] + '\\n'); sys.stdout.flush(); "
-        "sys.stderr.write('to stderr\\n')"), str(log)),),
-        {"BERT_TEST_VAR": "seen"})
-    out, err = io.BytesIO(), io.BytesIO()
-    assert launch.run_plan(plan, stdout=out, stderr=err) == 0
-    assert out.getvalue() == b"seen\n" and err.getvalue() == b"to stderr\n"
-    text = log.read_text()  # both streams, each write whole, in whatever order the pipes delivered them
-    assert "seen\n" in text and "to stderr\n" in text and len(text) == len("seen\nto stderr\n")
-
-
-def test_runner_reports_a_signal_death_as_128_plus_n():
-    import io
-
-    plan = launch.Plan((launch.Command("boom", _python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")),))
-    err = io.BytesIO()
-    assert launch.run_plan(plan, stdout=io.BytesIO(), stderr=err) == 137
-
-
-def test_failed_rank_is_read_from_launcher_output():
-    mpirun = "prterun detected ...\n\n   Process name: [prterun-vm-9039@1,1]\n   Exit code:    3\n----"
-    killed = "prterun noticed that process rank 1 with PID 15306 on node vm exited on\nsignal 9 (Killed)."
-    torchrun = ("Root Cause (first observed failure):\n[0]:\n  time      : x\n  host      : localhost\n"
-                "  rank      : 1 (local_rank: 1)\n  exitcode  : 3 (pid: 1)\n")
-    assert launch.failed_rank(mpirun) == (1, "exit code 3")
-    assert launch.failed_rank(killed) == (1, "signal 9")
-    assert launch.failed_rank(torchrun) == (1, "exit code 3")
-    assert launch.failed_rank("all good") is None
+# ----------------------------------------------------------------------------- pass-through tools
 
 
 def test_pass_through_commands_hand_over_their_arguments(monkeypatch):
@@ -435,25 +346,6 @@ def test_a_checkpoint_as_pretraining_model_starts_phase_one(shards, tmp_path):
     assert one.config_file == str(tmp_path / "bert_config.json")
 
 
-def test_runner_does_not_wait_forever_for_orphans_holding_the_output(tmp_path):
-    import io
-    import time
-
-    # The command exits at once but leaves a background process that keeps its stdout open.
-    code = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])"
-    plan = launch.Plan((launch.Command("leaves-orphan", _python(code)),))
-    started = time.monotonic()
-    assert launch.run_plan(plan, stdout=io.BytesIO(), stderr=io.BytesIO()) == 0
-    assert time.monotonic() - started < 60
-
-
-def test_tail_keeps_the_last_bytes():
-    tail = launch._Tail(limit=10)
-    for chunk in (b"aaaa", b"bbbb", b"cccc", b"dd"):
-        tail.add(chunk)
-    assert tail.text().endswith("bbbbccccdd") and len(tail.text()) <= 14
-
-
 @pytest.mark.parametrize("launcher", ["mpirun", "torchrun"])
 def test_multi_node_plan_from_a_hostfile(shards, tmp_path, monkeypatch, launcher):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
@@ -473,3 +365,31 @@ def test_multi_node_plan_from_a_hostfile(shards, tmp_path, monkeypatch, launcher
         assert "--rdzv_endpoint=node-a:12345" in launcher_argv
     # 8 ranks x 64 per device: 65536 / 512 = 128 accumulation steps, 8192 sequences per rank and step.
     assert "--train_batch_size=8192" in flags and "--gradient_accumulation_steps=128" in flags
+
+
+def test_build_plan_takes_the_machines_facts_and_starts_nothing(shards, tmp_path, monkeypatch):
+    """launcher.plan.build_plan is pure: cores, root and OpenMPI's version come in as a Machine."""
+    import subprocess
+
+    from launcher.machine import Machine
+    from launcher.plan import build_plan
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_plan started a process")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    p1, p2 = shards
+    args = parse("pretraining", "--model_name_or_path", "tiny", "--data_type", "fp32", "--data_dir", str(p1), str(p2),
+                 "-o", str(tmp_path), "--world_size", "4", "--dist")
+    machine = Machine("cpu", physical_cores=16, as_root=False, mpirun="/opt/mpi/bin/mpirun", mpi_major=4)
+    plan = build_plan(args, machine, environ={}, repo_root="/repo", python="py")
+    argv = list(plan.commands[0].argv)
+    assert argv[:3] == ["/opt/mpi/bin/mpirun", "-n", "4"] and "--allow-run-as-root" not in argv
+    assert argv[argv.index("--map-by") + 1] == "socket:PE=4" and argv[argv.index("--rank-by") + 1] == "core"
+    assert plan.env == {"PYTHONPATH": "/repo", "MASTER_ADDR": "localhost", "MASTER_PORT": "12345"}
+    root = build_plan(args, Machine("cpu", physical_cores=2, as_root=True, mpirun="mpirun", mpi_major=5),
+                      environ={}, repo_root="/repo", python="py")
+    assert "--allow-run-as-root" in root.commands[0].argv and "--oversubscribe" in root.commands[0].argv
+    with pytest.raises(LaunchError, match="mpirun is not on PATH"):
+        build_plan(args, Machine("cpu"), environ={}, repo_root="/repo", python="py")

@@ -136,7 +136,8 @@ def test_absent_devices_are_refused(shards, monkeypatch, capsys):
 
 def test_debug_shows_the_traceback(env, shards):
     result = demo(env, *pre(shards), "--batch_size", "60", "8", "--accumulate_gradients", "--debug")
-    assert result.returncode != 0 and "Traceback" in result.stderr and "LaunchError" in result.stderr
+    # The batch arithmetic lives in pretraining/phases.py, which raises the error model's BadInputError.
+    assert result.returncode != 0 and "Traceback" in result.stderr and "BadInputError" in result.stderr
 
 
 def test_dry_run_prints_environment_and_commands(env, shards, tmp_path):
@@ -166,7 +167,7 @@ def test_real_run_stops_at_the_first_failure_and_keeps_the_log(env, shards, tmp_
 
 RUNNER = """
 import sys
-from central.launch import Command, Plan, run_plan
+from central.process_runner import Command, Plan, run_plan
 child = '''
 import signal, sys, time
 def stop(signum, frame):

@@ -171,7 +171,7 @@ BAD_INPUTS = {
     "batch_arithmetic": (lambda data: make_dataset(data, num_files=1), ["--gradient_accumulation_steps", "3"],
                          "--train_batch_size 4 is not a multiple of --gradient_accumulation_steps 3"),
     "unknown_preset": (lambda data: make_dataset(data, num_files=1), ["--config_file", "huge"],
-                       "--config_file huge: neither a file nor a preset"),
+                       "--config_file huge: neither a preset"),
     "missing_vocab_file": (lambda data: make_dataset(data, num_files=1), ["--vocab_file", "/nonexistent/vocab.txt"],
                            "--vocab_file /nonexistent/vocab.txt: no such file"),
 }

@@ -25,7 +25,7 @@ import traceback
 # The heavy imports behind the command lines (never a command's own module: runpy warns when the module
 # it runs as __main__ is imported already). A module missing from this checkout is simply not preloaded.
 PRELOAD = ("torch", "transformers", "transformers.models.bert.modeling_bert", "h5py", "numpy", "tokenizers",
-           "central.launch", "central.checkpoint", "pretraining.training", "finetuning.squad_task",
+           "launcher.plan", "central.process_runner", "central.checkpoint", "pretraining.training", "finetuning.squad_task",
            "finetuning.glue_task", "data.tokenization", "data.instances", "data.hdf5_shards", "data.vocab")
 
 
