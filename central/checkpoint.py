@@ -15,15 +15,17 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from central.errors import BadInputError, RuntimeFailure
+
 PathLike = Union[str, Path]
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BadInputError):
     """A checkpoint cannot be read (missing, truncated, corrupted, or carries objects we refuse)."""
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(RuntimeFailure):
     """A checkpoint or export cannot be written (disk full, read-only directory, ...)."""
 
 

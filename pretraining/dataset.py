@@ -32,6 +32,8 @@ import h5py
 import numpy as np
 import torch
 
+from central.errors import BadInputError
+
 PathLike = Union[str, Path]
 
 # name -> which sizes its shape has after N ("L": sequence, "P": masked slots).
@@ -45,7 +47,7 @@ SHARD_KEYS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-class ShardError(ValueError):
+class ShardError(BadInputError):
     """A data folder or shard cannot be used; the message is one line naming the input."""
 
 

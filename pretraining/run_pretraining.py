@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from central.device import DEVICE_CHOICES, MODE_CHOICES, PRECISION_CHOICES
+from central.errors import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allreduce_post_accumulation", action="store_true",
                         help="no DDP: one flat all-reduce of the gradients after accumulation")
     parser.add_argument("--allreduce_post_accumulation_fp16", action="store_true",
-                        help="do that all-reduce in 16-bit (bf16) to halve the traffic")
+                        help="do that all-reduce in 16 bits to halve the traffic: in bf16, not fp16 as the "
+                             "reference's name says (bf16 keeps fp32's range); no effect without "
+                             "--allreduce_post_accumulation")
     parser.add_argument("--use_fused_lamb", action="store_true", help="Habana FusedLamb on HPU (ignored elsewhere)")
     # Phases, resume, checkpoints.
     parser.add_argument("--phase2", action="store_true")
@@ -80,11 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _run(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     from pretraining.training import run  # heavy imports only once the arguments are valid
 
     return run(args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_main(_run, argv)
 
 
 if __name__ == "__main__":

@@ -219,12 +219,13 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints(data, uninterrupted, tmp_
 
 
 def test_cpu_eager_runs_swap_in_the_cpu_kernels_and_retain_freed_memory(data, tmp_path, monkeypatch):
+    import central.runtime
     import pretraining.training as training
 
     swapped, retained = [], []
     real = training.use_cpu_kernels
     monkeypatch.setattr(training, "use_cpu_kernels", lambda model: swapped.append(real(model)))
-    monkeypatch.setattr(training, "retain_freed_memory", lambda: retained.append(True))
+    monkeypatch.setattr(central.runtime, "retain_freed_memory", lambda: retained.append(True))
     assert main(pretraining_args(data[1], tmp_path / "out", steps=1)) == 0
     assert len(swapped) == 1 and swapped[0] > 0  # dropouts and attention modules replaced
     assert retained == [True]  # glibc keeps the activations' memory between steps (central/host_allocator)
