@@ -21,11 +21,13 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from central.errors import BadInputError
+
 PathLike = Union[str, Path]
 SPLITS = ("train", "dev", "test")
 
 
-class GlueDataError(ValueError):
+class GlueDataError(BadInputError):
     """A GLUE file is missing or malformed; the message is one line naming the file (and line)."""
 
 

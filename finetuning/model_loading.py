@@ -34,6 +34,7 @@ from typing import Optional, Type
 import torch
 
 from central.checkpoint import CheckpointError, latest_valid_checkpoint, safe_load
+from central.errors import BadInputError
 from pretraining.bert_config import FINETUNING_HUB_IDS, PRESETS, BertConfig
 
 ATTENTION = "sdpa"
@@ -41,7 +42,7 @@ RANDOM_PRESETS = tuple(name for name in PRESETS if name not in FINETUNING_HUB_ID
 FLAG = "--model_name_or_path"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(BadInputError):
     """The model or tokenizer cannot be found or read; the message is one line for the user."""
 
 

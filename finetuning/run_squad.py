@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from central.errors import run_main
 from finetuning.args import add_common_args
 
 
@@ -29,11 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _run(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     from finetuning.squad_task import run  # heavy imports only once the arguments are valid
 
     return run(args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_main(_run, argv)
 
 
 if __name__ == "__main__":

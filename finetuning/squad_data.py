@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
+from central.errors import BadInputError
+
 SUPPORTED_VERSION = "1.1"
 
 
-class SquadDataError(ValueError):
+class SquadDataError(BadInputError):
     """A SQuAD file is missing or malformed; the message is one line for the user."""
 
 

@@ -19,12 +19,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from central.errors import BadInputError
+
 from finetuning.squad_data import SquadExample
 
 SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] question [SEP] context [SEP]
 
 
-class SquadFeatureError(ValueError):
+class SquadFeatureError(BadInputError):
     """Sequence-length settings that cannot hold a question plus any context (one line for the user)."""
 
 
