@@ -89,12 +89,7 @@ def run(args) -> int:
                 if result.stopped_by_signal:  # saved; skip evaluation and report the interruption like a shell
                     return 128 + result.stopped_by_signal
             if args.do_eval and runtime.is_main:
-                metrics = evaluate(model, dev_features, processor, runtime, args.per_device_eval_batch_size, collate)
-                results = {"task": processor.name, **metrics, "num_examples": len(dev_features),
-                           "global_step": global_step}
-                atomic_write_text(output_dir / "eval_results.json", json.dumps(results, indent=2) + "\n")
-                logger.log([], _prefixed(metrics))
-                console(f"{processor.name} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                _write_eval_results(model, dev_features, processor, args, runtime, collate, logger, global_step)
             if args.do_predict and runtime.is_main:
                 _write_test_predictions(model, tokenizer, test_examples, processor, args, runtime, collate)
     return 0
@@ -134,6 +129,15 @@ def _fine_tune(model, tokenizer, examples: List[InputExample], dev_features, pro
     return train(model, features, cfg, runtime, logger, collate=collate,
                  eval_callback=evaluate_during_training if args.do_eval and args.eval_steps else None,
                  batch_sampler=batch_sampler)
+
+
+def _write_eval_results(model, features, processor: GlueProcessor, args, runtime: Runtime, collate, logger,
+                        global_step: Optional[int]) -> None:
+    metrics = evaluate(model, features, processor, runtime, args.per_device_eval_batch_size, collate)
+    results = {"task": processor.name, **metrics, "num_examples": len(features), "global_step": global_step}
+    atomic_write_text(Path(args.output_dir) / "eval_results.json", json.dumps(results, indent=2) + "\n")
+    logger.log([], _prefixed(metrics))
+    console(f"{processor.name} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
 def _write_test_predictions(model, tokenizer, examples: List[InputExample], processor: GlueProcessor, args,
