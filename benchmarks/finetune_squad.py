@@ -118,24 +118,27 @@ def trainer_run(model, train_inputs, eval_inputs, args, device, padded: bool, cl
 
 
 def ours_run(model, train_inputs, eval_features, args, device, clock):
-    """(train sequences/s, inference sequences/s) of finetuning.loop, as the SQuAD task runs it."""
+    """(train sequences/s, inference sequences/s) of finetuning.train_loop, as the SQuAD task runs it."""
     from central.distributed import DistEnv
     from central.dllog import DLLogger
-    from finetuning import loop
+    from central.runtime import Runtime
+    from finetuning.config import FinetuneConfig
     from finetuning.squad_task import predict_logits
+    from finetuning.train_loop import train
 
-    runtime = loop.Runtime(device, "eager", args.data_type, torch.device(device), DistEnv())
-    train_args = argparse.Namespace(
+    runtime = Runtime(device, "eager", args.data_type, torch.device(device), DistEnv())
+    config = FinetuneConfig(
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, num_train_epochs=1.0,
         max_steps=args.steps, learning_rate=3e-5, weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0,
-        warmup_steps=0, warmup_proportion=0.0, logging_steps=0, save_steps=0, seed=1, disable_progress_bar=True,
-        output_dir=None, per_device_eval_batch_size=args.batch_size)
+        use_fused_adam=False, use_fused_clip_norm=False, warmup_steps=0, warmup_proportion=0.0, logging_steps=0,
+        save_steps=0, seed=1, disable_progress_bar=True, output_dir="", device=device, mode="eager",
+        data_type=args.data_type, dist_timeout=1800.0)
     start = clock()
-    loop.train(model, train_inputs, train_args, runtime, DLLogger(None, enabled=False))
+    train(model, train_inputs, config, runtime, DLLogger(None, enabled=False))
     _sync(device)
     train_rate = args.steps * args.batch_size / (clock() - start)
     start = clock()
-    predict_logits(model, eval_features, train_args, runtime, None)
+    predict_logits(model, eval_features, args.batch_size, runtime, None)
     _sync(device)
     infer_rate = len(eval_features) / (clock() - start)
     return train_rate, infer_rate
@@ -143,7 +146,7 @@ def ours_run(model, train_inputs, eval_features, args, device, clock):
 
 def warm_up(model, train_inputs, args) -> None:
     """A few untimed steps so that process-wide first-use costs (allocator, kernels) do not favour a side."""
-    from finetuning.loop import PaddingCollator
+    from finetuning.batches import PaddingCollator
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     for start in range(0, 3 * args.batch_size, args.batch_size):

@@ -114,26 +114,31 @@ def habana_optimizer_class(name: str):
     return getattr(module, name, None) if module is not None else None
 
 
-def adamw(params, kind: str, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-    """AdamW in its fastest form for the device: hpex FusedAdamW, else torch's fused kernel."""
-    if kind == "hpu":
+def adamw(params, kind: str, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+          habana_fused: bool = False):
+    """AdamW: hpex FusedAdamW on HPU when ``habana_fused`` (--use_fused_adam, as the reference chooses it),
+    else torch's fused kernel where the device has one, else its multi-tensor (foreach) kernel."""
+    if kind == "hpu" and habana_fused:
         fused = habana_optimizer_class("FusedAdamW")
         if fused is not None:
             return fused(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    params = list(params)  # a generator would be used up by the first attempt
     try:
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
 
 
-def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, kind: str) -> torch.Tensor:
-    """Global gradient-norm clipping (hpex FusedClipNorm on HPU, foreach kernels elsewhere)."""
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, kind: str,
+                   habana_fused: bool = False) -> torch.Tensor:
+    """Global gradient-norm clipping: hpex FusedClipNorm on HPU when ``habana_fused``
+    (--use_fused_clip_norm), else torch's multi-tensor kernels (where the device has them)."""
     params = [p for p in params if p.grad is not None]
-    if kind == "hpu":
+    if kind == "hpu" and habana_fused:
         module = habana_module("habana_frameworks.torch.hpex.normalization")
         if module is not None and hasattr(module, "FusedClipNorm"):
             return module.FusedClipNorm(params, max_norm).clip_norm(params)
-    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True if kind in ("cpu", "cuda") else None)
 
 
 def dist_backend(kind: str) -> str:

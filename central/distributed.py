@@ -127,6 +127,11 @@ def rendezvous_url(env: DistEnv, environ: Mapping[str, str] = os.environ) -> str
     return f"tcp://{host}:{environ.get('MASTER_PORT', DEFAULT_MASTER_PORT)}"
 
 
+def is_distributed() -> bool:
+    """Whether this process is one rank of a process group (False for a single process)."""
+    return dist.is_initialized()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -140,6 +145,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks in place (identity for a single process)."""
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()

@@ -141,8 +141,7 @@ def predict_squad(model, tokenizer, examples, args, runtime) -> List[dict]:
                                   args.max_query_length)
     except SquadFeatureError as err:
         raise PredictInputError(str(err)) from None
-    args.per_device_eval_batch_size = args.batch_size
-    start_logits, end_logits = predict_logits(model, features, args, runtime, None, tokenizer.pad_token_id)
+    start_logits, end_logits = predict_logits(model, features, args.batch_size, runtime, None, tokenizer.pad_token_id)
     _, nbest = best_answers(squad_examples, features, start_logits, end_logits, args.n_best_size,
                             args.max_answer_length)
     return [{"id": e.qid, "answer": nbest[e.qid][0]["text"], "score": round(nbest[e.qid][0]["probability"], 6)}
@@ -186,7 +185,7 @@ def show(result: dict, task: str) -> str:
 def run(args) -> int:
     from central.distributed import DistEnv
     from central.device import resolve_device_kind, torch_device
-    from finetuning.loop import Runtime
+    from central.runtime import Runtime
 
     examples = read_examples(args)
     for name in ("batch_size", "doc_stride", "max_answer_length", "n_best_size", "max_query_length"):

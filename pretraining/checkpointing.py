@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from central.checkpoint import (CheckpointError, atomic_write, keep_last, list_checkpoints, safe_load,
                                 save_torch_file)
-from pretraining.fault_injection import stall_inside_checkpoint_write
+from pretraining.config import PretrainingConfig
 from pretraining.hf_conversion import strip_wrapper_prefixes
 
 CHECKPOINT_FORMAT = 1
@@ -75,14 +75,13 @@ def gather_rank_states(local: dict) -> List[dict]:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def save_checkpoint(state: dict, output_dir: Path, keep: int) -> Path:
-    """Write ``ckpt_<state['step']>.pt`` atomically, then prune to the newest ``keep`` (rank 0 calls this)."""
-    def write(tmp_path: str) -> None:
-        save_torch_file(state, tmp_path)
-        stall_inside_checkpoint_write()  # test hook; inert unless a fault test sets it
+def save_checkpoint(state: dict, output_dir: Path, keep: int,
+                    write_file: Callable[[dict, str], None] = save_torch_file) -> Path:
+    """Write ``ckpt_<state['step']>.pt`` atomically, then prune to the newest ``keep`` (rank 0 calls this).
 
+    ``write_file(state, temporary_path)`` writes the bytes before the rename."""
     path = Path(output_dir) / f"ckpt_{state['step']}.pt"
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp_path: write_file(state, tmp_path))
     keep_last(output_dir, keep)
     return path
 
@@ -174,7 +173,7 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, state: dict) -
         raise CheckpointError(f"checkpoint {path}: optimizer state does not fit this model ({err})") from None
 
 
-def load_start_point(args, phase: int, config_dict: dict, file_names: List[str], model: torch.nn.Module,
+def load_start_point(cfg: PretrainingConfig, config_dict: dict, file_names: List[str], model: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, rank: int, world_size: int,
                      warn: Callable[[str], None]) -> StartPoint:
     """Load model/optimizer state where a checkpoint applies and say where training starts.
@@ -188,18 +187,18 @@ def load_start_point(args, phase: int, config_dict: dict, file_names: List[str],
       reference's phase-2 start);
     * else from scratch.
     """
-    found = None
-    if args.resume_from_checkpoint:
-        explicit_step = args.resume_step if not args.init_checkpoint else -1  # with init: the init's step
-        found = find_resume_checkpoint(Path(args.output_dir), explicit_step, warn)
-        if found is not None and int(found[1]["phase"]) < phase and args.init_checkpoint:
+    phase, found = cfg.phase, None
+    if cfg.resume_from_checkpoint:
+        explicit_step = cfg.resume_step if not cfg.init_checkpoint else -1  # with init: the init's step
+        found = find_resume_checkpoint(cfg.checkpoint_dir, explicit_step, warn)
+        if found is not None and int(found[1]["phase"]) < phase and cfg.init_checkpoint:
             found = None  # an explicit --init_checkpoint beats the previous phase's checkpoint
         elif found is None:
-            warn(f"note: no checkpoint in {args.output_dir} to resume from"
-                 + ("; starting from --init_checkpoint" if args.init_checkpoint else "; starting from scratch"))
-    from_init = found is None and bool(args.init_checkpoint)
+            warn(f"note: no checkpoint in {cfg.output_dir} to resume from"
+                 + ("; starting from --init_checkpoint" if cfg.init_checkpoint else "; starting from scratch"))
+    from_init = found is None and bool(cfg.init_checkpoint)
     if from_init:
-        found = Path(args.init_checkpoint), load_init_checkpoint(Path(args.init_checkpoint))
+        found = Path(cfg.init_checkpoint), load_init_checkpoint(Path(cfg.init_checkpoint))
     if found is None:
         return StartPoint()
     path, state = found
@@ -215,10 +214,10 @@ def load_start_point(args, phase: int, config_dict: dict, file_names: List[str],
     _load_model(path, model, state["model"])
     if from_init or saved_phase != phase:
         if "optimizer" in state:
-            _load_optimizer(path, optimizer, reset_schedule(state["optimizer"], args.learning_rate))
-        if not from_init and int(state["step"]) != args.phase1_end_step:
+            _load_optimizer(path, optimizer, reset_schedule(state["optimizer"], cfg.learning_rate))
+        if not from_init and int(state["step"]) != cfg.phase1_end_step:
             warn(f"warning: {path.name} ends phase 1 at step {state['step']}, "
-                 f"not at --phase1_end_step {args.phase1_end_step}")
+                 f"not at --phase1_end_step {cfg.phase1_end_step}")
         return StartPoint(description=f"weights of {path} (phase {saved_phase}, step {state.get('step', '?')}), "
                                       f"new schedule")
 
@@ -231,7 +230,7 @@ def load_start_point(args, phase: int, config_dict: dict, file_names: List[str],
              f"data order restarts at epoch {epoch + 1} and the random streams are re-seeded")
         rank_state = {"data_position": {"epoch": epoch + 1, "slot": 0, "batch": 0}}
     if state.get("files") is not None and state["files"] != file_names:
-        warn(f"warning: the shards in {args.input_dir} differ from those {path.name} was trained on; "
+        warn(f"warning: the shards in {cfg.input_dir} differ from those {path.name} was trained on; "
              f"the data order will not continue exactly")
     return StartPoint(phase_step=int(state["phase_step"]), skipped_steps=int(state.get("skipped_steps", 0)),
                       rank_state=rank_state, scheduler_state=state["scheduler"],

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allreduce_post_accumulation", action="store_true",
                         help="no DDP: one flat all-reduce of the gradients after accumulation")
     parser.add_argument("--allreduce_post_accumulation_fp16", action="store_true",
-                        help="do that all-reduce in 16-bit (bf16) to halve the traffic")
+                        help="do that all-reduce in 16 bits to halve the traffic: in bf16, not fp16 as the "
+                             "reference's name says (bf16 keeps fp32's range); no effect without "
+                             "--allreduce_post_accumulation")
     parser.add_argument("--use_fused_lamb", action="store_true", help="Habana FusedLamb on HPU (ignored elsewhere)")
     # Phases, resume, checkpoints.
     parser.add_argument("--phase2", action="store_true", help="this is phase 2 (it continues phase 1's steps)")

@@ -1,4 +1,4 @@
-"""Turn run_pretraining's arguments into a checked plan before anything heavy starts.
+"""Check a pre-training config and resolve what it names, before anything heavy starts.
 
 Everything a user can get wrong (model config, vocab, data folder, shard layout, batch arithmetic,
 output folder) is checked here and reported as a ``BadInputError``: one line naming the input,
@@ -7,7 +7,6 @@ exit status 2, before a model is built or a device is touched.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,25 +15,23 @@ from typing import List, Optional, Tuple
 from central.checkpoint import list_checkpoints
 from central.errors import BadInputError
 from pretraining.bert_config import PRESETS, BertConfig, count_vocab
-from pretraining.dataset import ShardError, ShardShape, check_layout, list_training_files
+from pretraining.config import PretrainingConfig
+from pretraining.dataset import ShardShape, check_layout, list_training_files
 from pretraining.model_names import ModelKind, resolve_model_name
 from pretraining.phases import micro_batch
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    config: BertConfig
+    """What a checked config names, resolved: the model shape, the vocab and the shards."""
+    model_config: BertConfig
     vocab_file: Optional[Path]     # copied into the HF export (None: no export)
     files: List[Path]              # every training shard, sorted
     shape: ShardShape
-    micro_batch: int               # sequences per forward/backward on this rank
-    accumulation: int              # micro-batches per optimizer step
-    phase: int                     # 1 or 2
-    step_offset: int               # added to the phase's step in checkpoint names (phase1_end_step in phase 2)
-    max_steps: int                 # optimizer steps of this phase
-    output_dir: Path
-    hf_export_dir: Path            # the phase's export goes to <hf_export_dir>/phase<N>
-    log_freq: int
+
+    @property
+    def file_names(self) -> List[str]:
+        return [path.name for path in self.files]
 
 
 def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) -> Tuple[BertConfig, Optional[Path]]:
@@ -84,48 +81,37 @@ def _check_writable(directory: Path, flag: str = "--output_dir") -> None:
         raise BadInputError(f"{flag} {directory}: not writable ({err.strerror or err})") from None
 
 
-def plan_run(args) -> RunPlan:
-    config, vocab = resolve_config(args.config_file, args.vocab_file, args.input_dir)
-    positive = {"--train_batch_size": args.train_batch_size, "--gradient_accumulation_steps":
-                args.gradient_accumulation_steps, "--max_steps": args.max_steps, "--max_seq_length":
-                args.max_seq_length, "--max_predictions_per_seq": args.max_predictions_per_seq,
-                "--learning_rate": args.learning_rate, "--log_freq": args.log_freq,
-                "--num_steps_per_checkpoint": args.num_steps_per_checkpoint}
+def plan_run(cfg: PretrainingConfig) -> RunPlan:
+    config, vocab = resolve_config(cfg.config_file, cfg.vocab_file, cfg.input_dir)
+    positive = {"--train_batch_size": cfg.train_batch_size, "--gradient_accumulation_steps":
+                cfg.gradient_accumulation_steps, "--max_steps": cfg.max_steps, "--max_seq_length":
+                cfg.max_seq_length, "--max_predictions_per_seq": cfg.max_predictions_per_seq,
+                "--learning_rate": cfg.learning_rate, "--log_freq": cfg.log_freq,
+                "--num_steps_per_checkpoint": cfg.num_steps_per_checkpoint}
     for flag, value in positive.items():
         if not value > 0:
             raise BadInputError(f"{flag} {value}: must be positive")
-    micro = micro_batch(args.train_batch_size, args.gradient_accumulation_steps)
-    if not 0.0 <= args.warmup_proportion <= 1.0:
-        raise BadInputError(f"--warmup_proportion {args.warmup_proportion}: must lie in [0, 1]")
-    if args.max_seq_length > config.max_position_embeddings:
-        raise BadInputError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+    micro_batch(cfg.train_batch_size, cfg.gradient_accumulation_steps)  # the divisibility check
+    if not 0.0 <= cfg.warmup_proportion <= 1.0:
+        raise BadInputError(f"--warmup_proportion {cfg.warmup_proportion}: must lie in [0, 1]")
+    if cfg.max_seq_length > config.max_position_embeddings:
+        raise BadInputError(f"--max_seq_length {cfg.max_seq_length} exceeds the model's "
                             f"max_position_embeddings {config.max_position_embeddings}")
-    if args.phase2 and args.phase1_end_step < 0:
-        raise BadInputError(f"--phase1_end_step {args.phase1_end_step}: must not be negative")
+    if cfg.phase2 and cfg.phase1_end_step < 0:
+        raise BadInputError(f"--phase1_end_step {cfg.phase1_end_step}: must not be negative")
 
-    shape = ShardShape(args.max_seq_length, args.max_predictions_per_seq, config.vocab_size,
+    shape = ShardShape(cfg.max_seq_length, cfg.max_predictions_per_seq, config.vocab_size,
                        config.type_vocab_size)
-    try:
-        files = list_training_files(args.input_dir)
-        for path in files:  # metadata only: a wrong folder fails now, not hours later
-            check_layout(path, shape)
-    except ShardError as err:
-        raise BadInputError(str(err)) from None
+    files = list_training_files(cfg.input_dir)  # ShardError (a BadInputError) names the folder or shard
+    for path in files:  # metadata only: a wrong folder fails now, not hours later
+        check_layout(path, shape)
 
-    output_dir = Path(args.output_dir)
+    output_dir = cfg.checkpoint_dir
     _check_writable(output_dir)
     existing = list_checkpoints(output_dir)
-    if existing and not args.resume_from_checkpoint and not args.skip_checkpoint:
+    if existing and not cfg.resume_from_checkpoint and not cfg.skip_checkpoint:
         # A fresh run would interleave its checkpoints with these (and keep-last-3 would delete its own).
         raise BadInputError(f"--output_dir {output_dir} already holds checkpoints (newest {existing[-1][1].name}): "
                             f"add --resume_from_checkpoint to continue them, or use an empty folder")
-    hf_export_dir = Path(args.hf_export_dir) if args.hf_export_dir else output_dir.parent / "hf_export"
-    _check_writable(hf_export_dir, "--hf_export_dir")
-    return RunPlan(
-        config=config, vocab_file=vocab, files=files, shape=shape,
-        micro_batch=micro,
-        accumulation=args.gradient_accumulation_steps,
-        phase=2 if args.phase2 else 1, step_offset=args.phase1_end_step if args.phase2 else 0,
-        max_steps=int(args.max_steps), output_dir=output_dir, hf_export_dir=hf_export_dir,
-        log_freq=max(1, int(math.ceil(args.log_freq))),
-    )
+    _check_writable(cfg.hf_export_root, "--hf_export_dir")
+    return RunPlan(model_config=config, vocab_file=vocab, files=files, shape=shape)

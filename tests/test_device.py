@@ -128,11 +128,39 @@ def test_effective_mode_table():
 def test_fused_optimizers_come_from_hpex_on_hpu(habana):
     assert device.habana_optimizer_class("FusedLamb") is habana.FusedLamb
     assert device.habana_optimizer_class("NoSuchOptimizer") is None
-    optimizer = device.adamw(params(), "hpu", lr=1e-3, weight_decay=0.01)
+    optimizer = device.adamw(params(), "hpu", lr=1e-3, weight_decay=0.01, habana_fused=True)
     assert isinstance(optimizer, habana.FusedAdamW) and optimizer.lr == 1e-3
     assert optimizer.kwargs["weight_decay"] == 0.01
-    norm = device.clip_grad_norm(params(), 1.0, "hpu")
+    norm = device.clip_grad_norm(params(), 1.0, "hpu", habana_fused=True)
     assert habana.clipped == [(2, 1.0)] and norm.item() == 1.0
+
+
+def test_hpex_kernels_only_when_asked_for_as_the_reference(habana):
+    """Without --use_fused_adam / --use_fused_clip_norm, HPU runs torch's AdamW and clipping."""
+    optimizer = device.adamw(params(), "hpu", lr=1e-3)
+    assert isinstance(optimizer, torch.optim.AdamW) and not isinstance(optimizer, habana.FusedAdamW)
+    ps = params()
+    before = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in ps]))
+    assert torch.isclose(device.clip_grad_norm(ps, 1.0, "hpu"), before) and habana.clipped == []
+
+
+def test_fused_flags_reach_the_fine_tuning_optimizer_and_loop(habana, tmp_path):
+    """--use_fused_adam / --use_fused_clip_norm travel through FinetuneConfig into central.device."""
+    from central.distributed import DistEnv
+    from central.dllog import DLLogger
+    from central.runtime import Runtime
+    from finetuning.optim import build_optimizer
+    from finetuning.train_loop import train
+    from test_finetune_loop import make_args, qa_model, toy_features
+
+    assert isinstance(build_optimizer(qa_model(), make_args(tmp_path, use_fused_adam=True), "hpu"), habana.FusedAdamW)
+    assert not isinstance(build_optimizer(qa_model(), make_args(tmp_path), "hpu"), habana.FusedAdamW)
+    hpu_on_cpu = Runtime("hpu", "eager", "fp32", torch.device("cpu"), DistEnv())  # the stand-in computes nothing
+    for fused, clips in ((False, 0), (True, 2)):
+        habana.clipped.clear()
+        config = make_args(tmp_path, max_steps=2, logging_steps=0, use_fused_clip_norm=fused)
+        assert train(qa_model(), toy_features(16), config, hpu_on_cpu, DLLogger(None, enabled=False)).global_step == 2
+        assert len(habana.clipped) == clips and all(max_norm == 1.0 for _, max_norm in habana.clipped)
 
 
 def test_cpu_uses_torch_optimizers_and_clipping(no_habana):

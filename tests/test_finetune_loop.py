@@ -1,5 +1,5 @@
-"""The shared fine-tuning loop (finetuning/loop.py) and model resolution (finetuning/model_loading.py)."""
-import argparse
+"""The shared fine-tuning loop (finetuning/train_loop.py with batches, optim, saving, inference, config)
+and model resolution (finetuning/model_loading.py)."""
 import json
 import math
 import os
@@ -7,9 +7,17 @@ import os
 import pytest
 import torch
 
-from central.dllog import read_dllogger
-from finetuning import loop
+import central.runtime
+from central.dllog import DLLogger, read_dllogger
+from central.runtime import Runtime, init_runtime
+from finetuning import train_loop as loop
+from finetuning.batches import PaddingCollator
+from finetuning.config import FinetuneConfig
+from finetuning.inference import predict
 from finetuning.model_loading import ModelLoadError, load_model
+from finetuning.optim import build_optimizer, linear_schedule
+from finetuning.saving import save_model
+from finetuning.train_log import open_logger
 from pretraining.bert_config import BertConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,13 +26,15 @@ TINY = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attent
                   max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def make_args(tmp_path, **overrides):
+def make_args(tmp_path, **overrides) -> FinetuneConfig:
+    """The loop's typed config, as a task builds it from its flags."""
     values = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, num_train_epochs=1.0, max_steps=-1,
                   learning_rate=1e-3, weight_decay=0.01, adam_epsilon=1e-8, max_grad_norm=1.0, warmup_steps=0,
                   warmup_proportion=0.0, logging_steps=2, save_steps=0, seed=1, device="cpu", mode="eager",
-                  data_type="fp32", dist_timeout=60.0, disable_progress_bar=True, output_dir=str(tmp_path / "out"))
+                  data_type="fp32", dist_timeout=60.0, disable_progress_bar=True, output_dir=str(tmp_path / "out"),
+                  use_fused_adam=False, use_fused_clip_norm=False)
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return FinetuneConfig(**values)
 
 
 def qa_model(seed=0):
@@ -53,11 +63,11 @@ def toy_features(count=64, seed=0):
 def cpu_runtime():
     from central.distributed import DistEnv
 
-    return loop.Runtime("cpu", "eager", "fp32", torch.device("cpu"), DistEnv())
+    return Runtime("cpu", "eager", "fp32", torch.device("cpu"), DistEnv())
 
 
 def test_collator_pads_to_longest_rounded_to_eight():
-    collate = loop.PaddingCollator(pad_token_id=5, drop_keys=("example_id",))
+    collate = PaddingCollator(pad_token_id=5, drop_keys=("example_id",))
     batch = collate([{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": 1, "example_id": 9},
                      {"input_ids": list(range(10)), "attention_mask": [1] * 10, "labels": 0, "example_id": 3}])
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
@@ -65,14 +75,39 @@ def test_collator_pads_to_longest_rounded_to_eight():
     assert batch["input_ids"][0].tolist() == [1, 2, 3] + [5] * 13       # pad id only for input_ids
     assert batch["attention_mask"][0].tolist() == [1, 1, 1] + [0] * 13
     assert batch["labels"].tolist() == [1, 0]
-    assert loop.PaddingCollator(fixed_length=24)([{"input_ids": [1, 2]}])["input_ids"].shape == (1, 24)
-    assert loop.PaddingCollator().padded_length(16) == 16 and loop.PaddingCollator().padded_length(17) == 24
+    assert PaddingCollator(fixed_length=24)([{"input_ids": [1, 2]}])["input_ids"].shape == (1, 24)
+    assert PaddingCollator().padded_length(16) == 16 and PaddingCollator().padded_length(17) == 24
+
+
+def test_config_takes_every_field_from_the_task_parsers(tmp_path):
+    """FinetuneConfig's fields are the scripts' flags, same names and values (run_squad has no --eval_steps)."""
+    from finetuning import run_glue, run_squad
+
+    common = ["--model_name_or_path", "tiny", "--output_dir", str(tmp_path), "--data_dir", str(tmp_path),
+              "--use_fused_adam", "--max_steps", "7"]
+    for parser, extra in ((run_squad.build_parser(), []), (run_glue.build_parser(), ["--task_name", "mrpc",
+                                                                                      "--eval_steps", "3"])):
+        args = parser.parse_args(common + extra)
+        config = FinetuneConfig.from_args(args)
+        for name in ("per_device_train_batch_size", "learning_rate", "num_train_epochs", "seed", "output_dir",
+                     "device", "data_type", "use_fused_clip_norm", "logging_steps", "dist_timeout"):
+            assert getattr(config, name) == getattr(args, name), name
+        assert config.use_fused_adam and config.max_steps == 7
+        assert config.eval_steps == (3 if extra else 0)
+
+
+def test_config_derives_the_schedule(tmp_path):
+    by_epochs = make_args(tmp_path, num_train_epochs=2.5, warmup_proportion=0.1, gradient_accumulation_steps=2)
+    assert by_epochs.total_steps(steps_per_epoch=4) == 10 and by_epochs.warmup_for(10) == 1
+    assert by_epochs.accumulation == 2
+    assert make_args(tmp_path, max_steps=3, num_train_epochs=9.0).total_steps(steps_per_epoch=4) == 3
+    assert make_args(tmp_path, warmup_steps=5, warmup_proportion=0.5).warmup_for(10) == 5
 
 
 def test_cpu_runtime_retains_freed_memory(monkeypatch):
     retained = []
-    monkeypatch.setattr(loop, "retain_freed_memory", lambda: retained.append(True))
-    runtime = loop.init_runtime(argparse.Namespace(device="cpu", mode="eager", data_type="fp32"))
+    monkeypatch.setattr(central.runtime, "retain_freed_memory", lambda: retained.append(True))
+    runtime = init_runtime(device="cpu", mode="eager", precision="fp32")
     assert (runtime.kind, runtime.dist.world_size) == ("cpu", 1)
     assert retained == [True]  # glibc keeps the activations' memory between steps (central/host_allocator)
 
@@ -80,7 +115,7 @@ def test_cpu_runtime_retains_freed_memory(monkeypatch):
 def test_linear_schedule_warmup_then_decay():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
-    scheduler = loop.linear_schedule(optimizer, warmup_steps=3, total_steps=10)
+    scheduler = linear_schedule(optimizer, warmup_steps=3, total_steps=10)
     lrs = []
     for _ in range(10):
         lrs.append(scheduler.get_last_lr()[0])
@@ -93,7 +128,7 @@ def test_linear_schedule_warmup_then_decay():
 
 def test_optimizer_skips_decay_on_biases_and_layernorm(tmp_path):
     model = qa_model()
-    optimizer = loop.build_optimizer(model, make_args(tmp_path, weight_decay=0.1), "cpu")
+    optimizer = build_optimizer(model, make_args(tmp_path, weight_decay=0.1), "cpu")
     decay, no_decay = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -108,7 +143,7 @@ def test_train_learns_logs_and_saves(tmp_path):
     args = make_args(tmp_path, num_train_epochs=6.0, save_steps=10, learning_rate=3e-3)
     runtime = cpu_runtime()
     model, features = qa_model(), toy_features(32)
-    logger = loop.open_logger(args.output_dir, runtime)
+    logger = open_logger(args.output_dir, runtime)
     result = loop.train(model, features, args, runtime, logger)
     logger.close()
     assert result.global_step == 6 * math.ceil(32 / 8) == 24
@@ -123,11 +158,11 @@ def test_train_learns_logs_and_saves(tmp_path):
     assert (tmp_path / "out" / "checkpoint-10" / "config.json").is_file()
     assert (tmp_path / "out" / "checkpoint-20" / "model.safetensors").is_file()
 
-    loop.save_model(model, None, tmp_path / "final", runtime)
+    save_model(model, None, tmp_path / "final", runtime)
     reloaded = BertForQuestionAnswering.from_pretrained(str(tmp_path / "final"))
-    batch = loop.PaddingCollator(drop_keys=("start_positions", "end_positions"))(features[:4])
-    outputs = [o for _, o in loop.predict(model, features[:4], runtime, 4,
-                                          loop.PaddingCollator(drop_keys=("start_positions", "end_positions")))]
+    batch = PaddingCollator(drop_keys=("start_positions", "end_positions"))(features[:4])
+    outputs = [o for _, o in predict(model, features[:4], runtime, 4,
+                                     PaddingCollator(drop_keys=("start_positions", "end_positions")))]
     with torch.no_grad():
         again = reloaded.eval()(**batch)
     assert torch.allclose(outputs[0]["start_logits"], again.start_logits, atol=1e-5)
@@ -155,8 +190,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 def test_max_steps_overrides_epochs_and_bf16_runs(tmp_path):
     args = make_args(tmp_path, max_steps=3, num_train_epochs=100.0, data_type="bf16", logging_steps=0)
-    runtime = loop.Runtime("cpu", "eager", "bf16", torch.device("cpu"), cpu_runtime().dist)
-    result = loop.train(qa_model(), toy_features(40), args, runtime, loop.DLLogger(None, enabled=False))
+    runtime = Runtime("cpu", "eager", "bf16", torch.device("cpu"), cpu_runtime().dist)
+    result = loop.train(qa_model(), toy_features(40), args, runtime, DLLogger(None, enabled=False))
     assert result.global_step == 3 and math.isfinite(result.final_loss)
 
 
@@ -188,7 +223,7 @@ def test_load_model_from_bert_config_json_and_errors(tmp_path, shared_data):
 def test_sigterm_finishes_the_step_then_stops(tmp_path):
     import signal
 
-    inner = loop.PaddingCollator()
+    inner = PaddingCollator()
     calls = []
 
     def collate_then_signal(features):
@@ -199,7 +234,7 @@ def test_sigterm_finishes_the_step_then_stops(tmp_path):
 
     before = signal.getsignal(signal.SIGTERM)
     args = make_args(tmp_path, max_steps=10, logging_steps=0)
-    result = loop.train(qa_model(), toy_features(80), args, cpu_runtime(), loop.DLLogger(None, enabled=False),
+    result = loop.train(qa_model(), toy_features(80), args, cpu_runtime(), DLLogger(None, enabled=False),
                         collate=collate_then_signal)
     assert result.stopped_by_signal == signal.SIGTERM and result.global_step == 3
     assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back

@@ -82,11 +82,11 @@ def test_tiny_model_trains_on_real_mrpc_rows_and_writes_all_outputs(tmp_path, sh
 def test_learns_a_separable_synthetic_task_and_predicts_in_test_order(tmp_path, monkeypatch):
     """Label 1 exactly when the second sentence starts with 'yes': a tiny model must get dev right.
     Batches are padded to their longest pair, never to --max_seq_length."""
-    from finetuning import loop
+    from finetuning.batches import PaddingCollator
 
     widths = []
-    collate = loop.PaddingCollator.__call__
-    monkeypatch.setattr(loop.PaddingCollator, "__call__",
+    collate = PaddingCollator.__call__
+    monkeypatch.setattr(PaddingCollator, "__call__",
                         lambda self, features: widths.append(collate(self, features)["input_ids"].shape[1])
                         or collate(self, features))
     words = ["red", "blue", "green", "stone", "river", "cloud", "house", "tree"]
@@ -116,8 +116,10 @@ def test_length_sorted_evaluation_matches_plain_order(tmp_path, vocab):
     from transformers import BertForSequenceClassification
 
     from central.distributed import DistEnv
-    from finetuning import loop
+    from central.runtime import Runtime
+    from finetuning.batches import PaddingCollator
     from finetuning.glue_data import processor_for, tokenize_examples
+    from finetuning.inference import predict
     from finetuning.model_loading import load_model
 
     rows = [[str(i % 2), "1", "2", "word " * (1 + (7 * i) % 13), "other " * (1 + (5 * i) % 9)] for i in range(20)]
@@ -126,10 +128,10 @@ def test_length_sorted_evaluation_matches_plain_order(tmp_path, vocab):
     torch.manual_seed(0)
     loaded = load_model("tiny", BertForSequenceClassification, vocab_file=vocab, num_labels=2)
     features = tokenize_examples(processor.examples(data_dir, "dev"), loaded.tokenizer, processor, 64)
-    runtime = loop.Runtime("cpu", "eager", "fp32", torch.device("cpu"), DistEnv())
-    collate = loop.PaddingCollator(loaded.tokenizer.pad_token_id)
+    runtime = Runtime("cpu", "eager", "fp32", torch.device("cpu"), DistEnv())
+    collate = PaddingCollator(loaded.tokenizer.pad_token_id)
     sorted_logits, loss = glue_task._logits_in_order(loaded.model, features, runtime, 4, collate)
-    one_by_one = torch.cat([out["logits"] for _, out in loop.predict(loaded.model, features, runtime, 1, collate)])
+    one_by_one = torch.cat([out["logits"] for _, out in predict(loaded.model, features, runtime, 1, collate)])
     torch.testing.assert_close(sorted_logits, one_by_one, atol=1e-5, rtol=1e-4)
     assert loss > 0
 
@@ -247,16 +249,14 @@ def test_pretraining_checkpoint_fine_tunes_on_mrpc(tmp_path, shared_data, vocab)
 
 
 def test_stop_signal_saves_skips_evaluation_and_exits_128_plus_signal(tmp_path, vocab, monkeypatch):
-    from finetuning import loop
-
-    real_train = loop.train
+    real_train = glue_task.train
 
     def interrupted(*args, **kwargs):
         result = real_train(*args, **kwargs)
         result.stopped_by_signal = 15  # as if SIGTERM arrived during the last step
         return result
 
-    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setattr(glue_task, "train", interrupted)
     data_dir = write_mrpc(tmp_path / "MRPC", [["1", "1", "2", "a b .", "b ."], ["0", "3", "4", "c .", "d e ."]])
     out = tmp_path / "out"
     assert run_glue.main(base_argv(data_dir, out, vocab, "--do_train", "--do_eval", "--max_steps", "1")) == 128 + 15

@@ -118,7 +118,7 @@ def _gradient_paths_worker(rank: int, store_path: str, results_path: str) -> Non
     import torch.distributed as dist
 
     from pretraining.bert_config import BertConfig
-    from pretraining.gradient_sync import GradientSync
+    from central.gradient_sync import GradientSync
     from pretraining.modeling import BertForPreTraining
 
     torch.set_num_threads(1)

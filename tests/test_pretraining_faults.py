@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from central.checkpoint import CheckpointError, list_checkpoints, safe_load
-from pretraining.fault_injection import CHECKPOINT_STALL_ENV, NAN_LOSS_AT_STEP_ENV
+from pretraining.fault_injection import CHECKPOINT_STALL_ENV, NAN_LOSS_AT_STEP_ENV, InjectedFaults
 from pretraining.run_pretraining import main
 from pretraining_runs import single_thread  # noqa: F401  (autouse fixture)
 from pretraining_runs import newest_checkpoint, pretraining_args, same_tensors, step_losses, subprocess_env
@@ -210,6 +210,21 @@ def test_nonfinite_loss_can_be_skipped_and_counted(data, tmp_path, monkeypatch):
     after = [r["data"] for r in records if isinstance(r["step"], list) and len(r["step"]) == 2 and r["step"][1] >= 5]
     assert all(d["skipped_steps"] == 1 for d in after)
     assert newest_checkpoint(out)["skipped_steps"] == 1
+
+
+def test_injected_faults_are_installed_once_and_inert_unless_asked_for():
+    """The NaN hook wraps the forward call at build time: the first attempt at the named step (all its
+    micro-batches) gives NaN, the retry after a skip does not; unset, nothing is wrapped."""
+    forward = lambda loss: (loss, None)  # noqa: E731  (a forward that returns (loss, ...))
+    writer = lambda state, path: None  # noqa: E731
+    inert = InjectedFaults.from_environment({})
+    assert inert.wrap_forward(forward, first_step=1, accumulation=2) is forward
+    assert inert.wrap_checkpoint_writer(writer) is writer
+    nan_at_5 = InjectedFaults.from_environment({NAN_LOSS_AT_STEP_ENV: "5"})
+    resumed_at_4 = nan_at_5.wrap_forward(forward, first_step=4, accumulation=2)
+    losses = [resumed_at_4(torch.tensor(1.0))[0].item() for _ in range(8)]  # steps 4, 5, 5 again, 6
+    assert [loss != loss for loss in losses] == [False, False, True, True, False, False, False, False]
+    assert nan_at_5.wrap_forward(forward, first_step=6, accumulation=2) is forward  # already past step 5
 
 
 def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(data, tmp_path, child_env):

@@ -218,13 +218,28 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints(data, uninterrupted, tmp_
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == before
 
 
+def test_config_is_the_parsers_flags_with_derived_values(data, tmp_path):
+    from pretraining.config import PretrainingConfig
+    from pretraining.run_pretraining import build_parser
+
+    args = build_parser().parse_args(phase_args(data, tmp_path, 2, "--log_freq", "2.5", "--steps_this_run", "3"))
+    config = PretrainingConfig.from_args(args)
+    assert config.to_dict() == {name: getattr(args, name) for name in config.to_dict()}  # same names and values
+    assert (config.phase, config.step_offset, config.phase_steps, config.micro_batch) == (2, 4, 4, 4)
+    assert config.log_every == 3  # --log_freq 2.5, rounded up
+    assert (config.last_step_of_run(0), config.last_step_of_run(2)) == (3, 4)  # --steps_this_run 3 of 4
+    assert config.hf_export_root == tmp_path / "hf_export"  # beside <output_dir>
+    assert PretrainingConfig.from_args(build_parser().parse_args(phase_args(data, tmp_path, 1))).step_offset == 0
+
+
 def test_cpu_eager_runs_swap_in_the_cpu_kernels_and_retain_freed_memory(data, tmp_path, monkeypatch):
+    import central.runtime
     import pretraining.training as training
 
     swapped, retained = [], []
     real = training.use_cpu_kernels
     monkeypatch.setattr(training, "use_cpu_kernels", lambda model: swapped.append(real(model)))
-    monkeypatch.setattr(training, "retain_freed_memory", lambda: retained.append(True))
+    monkeypatch.setattr(central.runtime, "retain_freed_memory", lambda: retained.append(True))
     assert main(pretraining_args(data[1], tmp_path / "out", steps=1)) == 0
     assert len(swapped) == 1 and swapped[0] > 0  # dropouts and attention modules replaced
     assert retained == [True]  # glibc keeps the activations' memory between steps (central/host_allocator)
