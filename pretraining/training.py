@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from central.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, remove_stale_temporaries
-from central.cpu_kernels import use_cpu_kernels
 from central.device import (DeviceUnavailableError, autocast, compile_for_mode, effective_mode, mark_step,
                             resolve_device_kind, torch_device)
 from central.distributed import DistEnv, DistributedSetupError, all_reduce_sum, init_distributed, teardown
@@ -33,6 +32,7 @@ from central.dllog import console
 from central.host_allocator import retain_freed_memory
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
+from pretraining.cpu_kernels import use_cpu_kernels
 from pretraining.dataset import DataPosition, ShardError, ShardStream
 from pretraining.fault_injection import injected_loss_fault
 from pretraining.gradient_sync import GradientSync
@@ -244,7 +244,7 @@ def build_session(args, plan: RunPlan, kind: str, env: DistEnv) -> Session:
     if kind == "cpu":
         retain_freed_memory()  # no page faults for each step's activations (central/host_allocator.py)
     if kind == "cpu" and mode == "eager":
-        use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (central/cpu_kernels.py)
+        use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (pretraining/cpu_kernels.py)
     optimizer = make_lamb(lamb_param_groups(model), args.learning_rate, kind, args.use_fused_lamb)
     start = load_start_point(args, plan.phase, plan.config.to_dict(), [p.name for p in plan.files], model,
                              optimizer, env.rank, env.world_size, warn=lambda line: console(line, env.is_main))

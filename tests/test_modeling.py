@@ -6,8 +6,8 @@ import torch
 
 from pretraining.bert_config import BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
-from pretraining.modeling import (BertForPreTraining, _TiedDecoder, mlm_accuracy, nsp_accuracy, padded_vocab_size,
-                                  pretraining_loss, valid_mlm_slots)
+from pretraining.losses import TiedDecoder, mlm_accuracy, nsp_accuracy, pretraining_loss, valid_mlm_slots
+from pretraining.modeling import BertForPreTraining, padded_vocab_size
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -81,7 +81,7 @@ def test_shapes_padded_vocab_and_tied_decoder():
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_tied_decoder_gradients_equal_those_of_the_sliced_table(autocast):
-    """_TiedDecoder writes the table gradient in place of slicing under autograd, with zero gradient on
+    """TiedDecoder writes the table gradient in place of slicing under autograd, with zero gradient on
     the padding rows: the same numbers bit for bit (fp32, and bf16 autocast where the matmuls run in bf16)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 32, generator=gen, requires_grad=True)
@@ -89,7 +89,7 @@ def test_tied_decoder_gradients_equal_those_of_the_sliced_table(autocast):
     bias = torch.randn(104, generator=gen, requires_grad=True)
     upstream = torch.randn(3, 4, 101, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        ours = _TiedDecoder.apply(x, table, bias, 101)
+        ours = TiedDecoder.apply(x, table, bias, 101)
         sliced = torch.nn.functional.linear(x, table[:101], bias[:101])
     assert ours.shape == sliced.shape == (3, 4, 101) and ours.dtype == sliced.dtype
     assert torch.equal(ours, sliced)
@@ -326,10 +326,15 @@ def test_benchmark_batch_search_and_report_lines(monkeypatch):
 
     monkeypatch.setattr(bench, "step_functions", limited)
     args = bench.build_parser().parse_args(["--preset", "test-tiny", "--max_batch", "8", "--warmup", "0",
-                                        "--mfu", "--peak_tflops", "0.001"])
+                                        "--mfu", "--peak_tflops", "0.001", "--without", "mlm_loss,dropout"])
     lines = bench.run_preset("test-tiny", args)
     assert tried[:2] == [8, 4]
-    assert len(lines) == 3 and "batch 4" in lines[0] and "ratio" in lines[0]
-    assert lines[1].startswith("test-tiny: ours MFU") and lines[2].startswith("test-tiny: transformers MFU")
+    assert len(lines) == 4 and "batch 4" in lines[0] and "ratio" in lines[0]
+    assert lines[1].startswith("test-tiny: ours without mlm_loss,dropout ") and "share of our step" in lines[1]
+    assert lines[2].startswith("test-tiny: ours MFU") and lines[3].startswith("test-tiny: transformers MFU")
     losses = [float(x) for x in lines[0].split("eval loss ours ")[1].split(" transformers ")]
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)  # same weights, same batch, same loss
+    assert bench.build_parser().parse_args(["--without", "all"]).without == bench.KERNEL_NAMES
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one line, status 2
+        bench.build_parser().parse_args(["--without", "linear,embedding"])
+    assert exit_info.value.code == 2
