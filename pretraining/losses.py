@@ -139,18 +139,31 @@ def decoder_cross_entropy(x: torch.Tensor, table: torch.Tensor, bias: torch.Tens
     return MeanCrossEntropy.apply(at_least_fp32(tied_decoder_logits(x, table, bias, vocab)), labels)
 
 
-def nsp_cross_entropy(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor) -> torch.Tensor:
-    """Mean NSP cross-entropy: nsp_logits [B, 2], labels [B] -> 0-dim fp32."""
-    return F.cross_entropy(at_least_fp32(nsp_logits), next_sentence_labels.long().reshape(-1))
+def nsp_labels(next_sentence_labels: torch.Tensor, next_sentence_weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Flat long labels: [B] (unpacked), or [B, K] with -100 where the weight is 0 (an empty pack slot)."""
+    labels = next_sentence_labels.long()
+    if next_sentence_weights is not None:
+        labels = labels.masked_fill(next_sentence_weights == 0, IGNORE)
+    return labels.reshape(-1)
+
+
+def nsp_cross_entropy(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor,
+                      next_sentence_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean NSP cross-entropy over the real samples: nsp_logits [B, 2] and labels [B], or (packed)
+    [B, K, 2], [B, K] and weights [B, K] (0 = empty slot) -> 0-dim fp32."""
+    return F.cross_entropy(at_least_fp32(nsp_logits.reshape(-1, 2)), nsp_labels(next_sentence_labels, next_sentence_weights),
+                           ignore_index=IGNORE)
 
 
 def pretraining_loss(mlm_logits: torch.Tensor, masked_lm_ids: torch.Tensor, masked_lm_positions: torch.Tensor,
-                     nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor
+                     nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor,
+                     next_sentence_weights: Optional[torch.Tensor] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, mlm_loss, nsp_loss) from the logits: mean CE over the valid masked slots + mean NSP CE (fp32)."""
+    """(loss, mlm_loss, nsp_loss) from the logits: mean CE over the valid masked slots + mean NSP CE over
+    the real samples (fp32). Packed batches pass next_sentence_weights [B, K]."""
     labels = mlm_labels(masked_lm_ids, masked_lm_positions).reshape(-1)  # [B * P]
     mlm_loss = MeanCrossEntropy.apply(at_least_fp32(mlm_logits.reshape(-1, mlm_logits.shape[-1])), labels)
-    nsp_loss = nsp_cross_entropy(nsp_logits, next_sentence_labels)
+    nsp_loss = nsp_cross_entropy(nsp_logits, next_sentence_labels, next_sentence_weights)
     return mlm_loss + nsp_loss, mlm_loss, nsp_loss
 
 
@@ -162,6 +175,10 @@ def mlm_accuracy(mlm_logits: torch.Tensor, masked_lm_ids: torch.Tensor,
     return correct.sum(), valid.sum()
 
 
-def nsp_accuracy(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    correct = nsp_logits.argmax(dim=-1) == next_sentence_labels.long().reshape(-1)
-    return correct.sum(), torch.tensor(correct.numel(), device=correct.device)
+def nsp_accuracy(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor,
+                 next_sentence_weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(correct, total) over the real samples ([B] or, packed, [B, K] with weights [B, K])."""
+    labels = nsp_labels(next_sentence_labels, next_sentence_weights)
+    real = labels != IGNORE
+    correct = (nsp_logits.reshape(-1, 2).argmax(dim=-1) == labels) & real
+    return correct.sum(), real.sum()

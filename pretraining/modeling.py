@@ -12,6 +12,9 @@ What makes it fast (DESIGN.md, "Performance design"):
     cover every position): nothing else reads its other rows, so the result is exact;
   * attention goes through one dispatch (``pretraining.attention``): SDPA with a boolean key mask, or
     no mask at all when the caller passes attention_mask=None for an unpadded batch;
+  * packed batches (several samples end to end per row, Habana's format) waste no slots on padding:
+    per-sample positions, attention confined to each sample (a block-diagonal mask, or a varlen kernel
+    over per-sample offsets where the runtime provides one), NSP at each sample's [CLS];
   * query/key/value run as one matmul (the three weights are concatenated on the fly, so the
     parameters, their names and the per-tensor LAMB trust ratios stay those of the reference);
   * position embeddings are a slice of the table, not a lookup (no index backward);
@@ -94,13 +97,17 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        # input_ids, token_type_ids: [B, L] -> [B, L, H]
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # input_ids, token_type_ids, position_ids (None: 0..L-1 in every row): [B, L] -> [B, L, H]
         seq_len = input_ids.shape[1]
         if seq_len > self.position_embeddings.num_embeddings:
             raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings "
                              f"{self.position_embeddings.num_embeddings}")
-        positions = self.position_embeddings.weight[:seq_len]  # [L, H]: a slice, broadcast over the batch
+        if position_ids is None:
+            positions = self.position_embeddings.weight[:seq_len]  # [L, H]: a slice, broadcast over the batch
+        else:
+            positions = self.position_embeddings(position_ids)  # [B, L, H]: packed rows restart per sample
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + positions
         return self.dropout(self.LayerNorm(x))
 
@@ -209,8 +216,8 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))  # [B, H] from the [CLS] token
+    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(cls_hidden))  # [..., H] at [CLS] tokens -> [..., H]
 
 
 class BertModel(nn.Module):
@@ -219,24 +226,35 @@ class BertModel(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
+        self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                kernels: ModelKernels, output_positions: Optional[torch.Tensor] = None
+                kernels: ModelKernels, output_positions: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, cls_positions: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """-> (sequence output [B, L, H], or [B, Q, H] at output_positions [B, Q]; pooled [CLS] [B, H]).
+        """-> (sequence output [B, L, H], or [B, Q, H] at output_positions [B, Q];
+        pooled [CLS] [B, H], or [B, K, H] for a packed batch).
 
-        With output_positions the last layer runs only for those rows and [CLS] (exact, and for
+        Unpacked: attention_mask [B, L] 1 = token / 0 = padding, or None (no padding). Packed (given
+        cls_positions [B, K], the [CLS] position of each sample slot): attention_mask holds each token's
+        sample number 1..K (0 = padding) and position_ids [B, L] restart at 0 for every sample.
+        With output_positions the last layer runs only for those rows and the [CLS] rows (exact, and for
         pre-training 21 of 128 rows: the last layer's queries, attention output and FFN shrink ~6x).
         """
-        hidden = self.embeddings(input_ids, token_type_ids)
-        layout = kernels.attention.layout(attention_mask)
+        packed = cls_positions is not None
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids)
+        layout = kernels.attention.layout(attention_mask, cls_positions.shape[1] if packed else None,
+                                          self.attention_dropout if self.training else 0.0)
+        cls_index = cls_positions.long() if packed else input_ids.new_zeros(input_ids.shape[0], 1).long()  # [B, C]
         if output_positions is None:
-            hidden = self.encoder(hidden, layout, kernels)
-            return hidden, self.pooler(hidden)
-        cls_position = output_positions.new_zeros(output_positions.shape[0], 1)
-        query_index = torch.cat([cls_position, output_positions.long()], dim=1)  # [B, 1 + Q]
-        hidden = self.encoder(hidden, layout, kernels, query_index)  # [B, 1 + Q, H]
-        return hidden[:, 1:], self.pooler(hidden)
+            hidden = self.encoder(hidden, layout, kernels)  # [B, L, H]
+            cls_hidden = torch.gather(hidden, 1, cls_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        else:
+            query_index = torch.cat([cls_index, output_positions.long()], dim=1)  # [B, C + Q]
+            hidden = self.encoder(hidden, layout, kernels, query_index)  # [B, C + Q, H]
+            cls_hidden, hidden = hidden.split([cls_index.shape[1], output_positions.shape[1]], dim=1)
+        pooled = self.pooler(cls_hidden)  # [B, C, H]
+        return hidden, pooled if packed else pooled[:, 0]
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -289,10 +307,19 @@ class BertForPreTraining(nn.Module):
     the losses of ``pretraining.losses.pretraining_loss`` without returning the logits (what training
     calls, so that a fused ``kernels.mlm_loss`` never has to hand its [N, V] logits back).
 
-    Shapes: input_ids / token_type_ids / attention_mask [B, L] (attention_mask may be None: no padding);
-    masked_lm_positions / masked_lm_ids [B, P] (0 in unused slots: position 0 is always [CLS] and never
-    masked); next_sentence_labels [B]; mlm_logits [B, P, vocab_size] with the real vocab (the decoder
-    skips the padding rows, so they can never be predicted); nsp_logits [B, 2].
+    Unpacked batch: input_ids / token_type_ids / attention_mask [B, L] (attention_mask 1 = token,
+    0 = padding; None for a batch without padding); masked_lm_positions / masked_lm_ids [B, P] (0 in
+    unused slots: position 0 is always [CLS] and never masked); next_sentence_labels [B];
+    mlm_logits [B, P, vocab_size] over the real vocab (padding columns can never be predicted);
+    nsp_logits [B, 2].
+
+    Packed batch (Habana's format: up to K samples end to end per row), given by the keyword arguments:
+    attention_mask [B, L] the sample number 1..K of each token (0 = padding), position_ids [B, L]
+    restarting at 0 for every sample, next_sentence_positions [B, K] each sample's [CLS] position,
+    next_sentence_weights [B, K] 1 for a real sample and 0 for an empty slot; masked_lm_positions /
+    masked_lm_ids [B, P'] offsets into the row; next_sentence_labels [B, K]; nsp_logits [B, K, 2]. Each
+    sample gets the computation it would get unpacked (its own positions, attention confined to it, NSP
+    at its [CLS]); MLM is the mean over every masked token of the batch and NSP over the real samples.
     ``kernels`` (a ``ModelKernels``; plain torch by default) may be replaced at any time.
     """
 
@@ -318,18 +345,25 @@ class BertForPreTraining(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                 masked_lm_positions: torch.Tensor, masked_lm_ids: Optional[torch.Tensor] = None,
-                next_sentence_labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+                next_sentence_labels: Optional[torch.Tensor] = None, *, position_ids: Optional[torch.Tensor] = None,
+                next_sentence_positions: Optional[torch.Tensor] = None,
+                next_sentence_weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
         if (masked_lm_ids is None) != (next_sentence_labels is None):
             raise ValueError("pass both masked_lm_ids and next_sentence_labels (losses) or neither (logits)")
+        packed = next_sentence_positions is not None
+        if packed and (attention_mask is None or position_ids is None
+                       or (next_sentence_labels is not None and next_sentence_weights is None)):
+            raise ValueError("a packed batch needs attention_mask (sample numbers), position_ids and, with "
+                             "labels, next_sentence_weights")
         table = self.bert.embeddings.word_embeddings.weight  # [V_padded, H], the tied decoder
         # Only the masked positions go through the last layer and the head: [B, P, H], not [B, L, H].
         masked_hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, self.kernels,
-                                          masked_lm_positions)
-        nsp_logits = self.cls.seq_relationship(pooled)  # [B, 2]
+                                          masked_lm_positions, position_ids, next_sentence_positions)
+        nsp_logits = self.cls.seq_relationship(pooled)  # [B, 2], or [B, K, 2] packed
         if masked_lm_ids is None:
-            return self.cls.predictions(masked_hidden, table), nsp_logits  # [B, P, V], [B, 2]
+            return self.cls.predictions(masked_hidden, table), nsp_logits  # [B, P, V], nsp
         labels = mlm_labels(masked_lm_ids, masked_lm_positions)  # [B, P], -100 in unused slots
         mlm_loss = self.cls.predictions.loss(masked_hidden.reshape(-1, masked_hidden.shape[-1]), table,
                                              labels.reshape(-1), self.kernels)
-        nsp_loss = nsp_cross_entropy(nsp_logits, next_sentence_labels)
+        nsp_loss = nsp_cross_entropy(nsp_logits, next_sentence_labels, next_sentence_weights)
         return mlm_loss + nsp_loss, mlm_loss, nsp_loss
