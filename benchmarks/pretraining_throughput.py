@@ -48,7 +48,7 @@ from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
 from pretraining.lamb import Lamb, lamb_param_groups
 from pretraining.cpu_kernels import KERNEL_NAMES, use_cpu_kernels
-from pretraining.modeling import BertForPreTraining
+from pretraining.modeling import BertForPreTraining, padded_vocab_size
 
 
 @dataclass(frozen=True)
@@ -119,17 +119,23 @@ def make_optimizer(name: str, model: torch.nn.Module, device: torch.device):
     return torch.optim.AdamW(groups, lr=1e-4, fused=device.type in ("cuda", "cpu"))
 
 
+def ours_attention_mask(host_batch: dict, device_batch: dict) -> Optional[torch.Tensor]:
+    """The mask our model gets: None for a batch without padding, decided on the host as the data loader
+    does (the model never inspects the mask); transformers always gets the mask, as a user passes it."""
+    return None if bool(host_batch["attention_mask"].all()) else device_batch["attention_mask"]
+
+
 def ours_step_function(model, batch: dict, device: torch.device, precision: str, optimizer: str,
                        compile_model: bool) -> Callable[[], None]:
     """One full training step of our model (forward with labels, backward, optimizer step)."""
     opt = make_optimizer(optimizer, model, device)
     run = torch.compile(model) if compile_model else model
     b = {key: value.to(device) for key, value in batch.items()}
+    mask = ours_attention_mask(batch, b)
 
     def step():
         with autocast(device.type, precision):
-            loss = run(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"],
-                       b["masked_ids"], b["nsp_labels"])[0]
+            loss = run(b["input_ids"], b["token_type_ids"], mask, b["positions"], b["masked_ids"], b["nsp_labels"])[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -161,7 +167,7 @@ def eval_losses(ours, hf, batch: dict, device: torch.device, precision: str) -> 
     b = {key: value.to(device) for key, value in batch.items()}
     ours.eval(), hf.eval()
     with autocast(device.type, precision):
-        ours_loss = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"],
+        ours_loss = ours(b["input_ids"], b["token_type_ids"], ours_attention_mask(batch, b), b["positions"],
                          b["masked_ids"], b["nsp_labels"])[0]
         hf_loss = hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
                      attention_mask=b["attention_mask"], labels=b["hf_labels"],
@@ -217,10 +223,11 @@ def matmul_flops_per_sequence(config: BertConfig, seq_len: int, predictions: int
 
     Encoder layer per token: 24 H^2 (q, k, v, out, 2 FFN matmuls with intermediate 4H counted as
     2*(4H^2) + 2*(2 H I)) + 4 L H (scores and weighted values). Ours runs its last layer only for
-    the P masked positions + [CLS] (keys/values still for all L) and the MLM head only at P positions;
-    transformers runs everything at all L positions.
+    the P masked positions + [CLS] (keys/values still for all L) and the MLM head only at P positions,
+    its decoder over the padded vocab; transformers runs everything at all L positions.
     """
-    h, inter, vocab, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    vocab = padded_vocab_size(config.vocab_size) if ours else config.vocab_size
     kv = 4 * h * h  # key + value projections
     per_query = 4 * h * h + 4 * h * inter + 4 * seq_len * h  # query, out, FFN, attention
     full_layer = seq_len * (kv + per_query)

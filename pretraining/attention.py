@@ -148,19 +148,13 @@ def packed_cu_seqlens(sample_ids: torch.Tensor, samples_per_row: int) -> torch.T
 
 
 def key_mask_for_sdpa(attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """[B, L] 1 = token / 0 = padding -> [B, 1, 1, L] bool (True = attend), or None without padding.
+    """[B, L] 1 = token / 0 = padding -> [B, 1, 1, L] bool (True = attend); None (no padding) -> None.
 
-    None lets SDPA pick its unmasked (fastest) kernels. Callers may pass attention_mask=None for a
-    batch they know is unpadded; otherwise a mask held on the CPU is inspected (free there). A mask on
-    an accelerator is always passed as is: reading it would force a host sync (a graph flush in HPU
-    lazy mode), and under torch.compile the check would be a data-dependent graph break.
+    The mask is never read here: whether a batch has padding is the caller's word (the data loader
+    knows the lengths on the host). Reading it would force a host sync on an accelerator (a graph flush
+    in HPU lazy mode) and a data-dependent graph break under torch.compile.
     """
-    if attention_mask is None:
-        return None
-    if (attention_mask.device.type == "cpu" and not torch.compiler.is_compiling()
-            and bool(attention_mask.all())):
-        return None
-    return attention_mask.bool()[:, None, None, :]
+    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
 
 
 def _flash_attn_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p):

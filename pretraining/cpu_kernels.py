@@ -14,8 +14,9 @@ can be measured against the plain path (``benchmarks/pretraining_throughput.py -
              input gradient through oneDNN's fp32 inner product, faster than MKL's sgemm for BERT's
              shapes on AMD EPYC; the weight gradient stays on MKL (``pretraining.onednn_linear``).
   mlm_loss   ``ModelKernels.mlm_loss`` -> ``FusedDecoderCrossEntropy``: decoder and cross-entropy in one
-             autograd function, only over the labelled rows, vocab-major logits (MKL's faster
-             orientation) in one buffer reused every step (no fresh page-faulted [V, N] tensors).
+             autograd function, only over the labelled rows and the real vocab rows, vocab-major logits
+             (MKL's faster orientation) in one buffer reused every step (no fresh page-faulted [V, N]
+             tensors). fp32 only: the padded, aligned decoder of the default serves bf16.
 
 The random draws come from torch's default CPU generator, so ``torch.manual_seed`` and the checkpointed
 RNG state make runs reproducible and resumable exactly; only the masks differ from ATen's. Eager CPU
@@ -26,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from typing import Callable, Collection, Optional
+from typing import Callable, Collection, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretraining.losses import (decoder_cross_entropy, padded_table_gradients, softmax_cross_entropy,
-                                softmax_cross_entropy_grad)
+from pretraining.losses import decoder_cross_entropy, softmax_cross_entropy, softmax_cross_entropy_grad
 from pretraining.modeling import BertForPreTraining
 from pretraining.onednn_linear import OneDnnLinear, onednn_available, onednn_linear
 
@@ -97,6 +97,23 @@ def attention_with_bits_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)
     probs = bits_dropout(torch.softmax(scores, dim=-1), dropout_p)
     return torch.bmm(probs, v3).view(batch, heads, queries, head_dim)
+
+
+def padded_table_gradients(grad_vn: torch.Tensor, x_2d: torch.Tensor, table: torch.Tensor, want_table: bool,
+                           want_bias: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of the padded table [V_padded, H] and bias [V_padded] from d loss / d logits over the
+    real vocab: grad_vn [V, N] (any strides), x_2d [N, H]. The weight-gradient matmul writes its V rows
+    straight into the padded buffer and only the padding rows are zeroed (no zero-fill and copy)."""
+    vocab = grad_vn.shape[0]
+    grad_table = grad_bias = None
+    if want_table:
+        grad_table = table.new_empty(table.shape)
+        torch.mm(grad_vn, x_2d, out=grad_table[:vocab])
+        grad_table[vocab:].zero_()
+    if want_bias:
+        grad_bias = table.new_zeros(table.shape[0])
+        grad_bias[:vocab] = grad_vn.sum(1)
+    return grad_table, grad_bias
 
 
 class _VocabMajorDecoderCrossEntropy(torch.autograd.Function):

@@ -79,57 +79,17 @@ def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.element_size() < 4 else tensor  # bf16/fp16 logits (autocast)
 
 
-def padded_table_gradients(grad_vn: torch.Tensor, x_2d: torch.Tensor, table: torch.Tensor, want_table: bool,
-                           want_bias: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of the padded table [V_padded, H] and bias [V_padded] from d loss / d logits.
-
-    grad_vn [V, N] (any strides: row-major logits pass their gradient's transposed view), x_2d [N, H].
-    The weight-gradient matmul writes its V rows straight into the padded buffer and only the padding
-    rows are zeroed: slicing the table under autograd would zero-fill a fresh [V_padded, H] gradient and
-    copy the [V, H] one into it.
-    """
-    vocab = grad_vn.shape[0]
-    grad_table = grad_bias = None
-    if want_table:
-        x_2d = x_2d.to(grad_vn.dtype)  # autocast: compute in the logits' dtype
-        grad_table = table.new_empty(table.shape)
-        if grad_vn.dtype == table.dtype:
-            torch.mm(grad_vn, x_2d, out=grad_table[:vocab])
-        else:
-            grad_table[:vocab] = grad_vn @ x_2d
-        grad_table[vocab:].zero_()
-    if want_bias:
-        grad_bias = table.new_zeros(table.shape[0])
-        grad_bias[:vocab] = grad_vn.sum(1)
-    return grad_table, grad_bias
-
-
-class TiedDecoder(torch.autograd.Function):
-    """logits = x @ table[:V]^T + bias[:V] over the real vocab, with gradients for the padded table and bias
-    (``padded_table_gradients``: no [V_padded, H] zero-fill and copy per step)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, vocab: int) -> torch.Tensor:
-        # x [..., H], table [V_padded, H], bias [V_padded] -> logits [..., V]
-        ctx.save_for_backward(x, table)
-        return F.linear(x, table[:vocab], bias[:vocab])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, table = ctx.saved_tensors
-        grad_2d = grad.reshape(-1, grad.shape[-1])  # [N, V]
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad_2d @ table[:grad_2d.shape[1]].to(grad.dtype)).view(x.shape)
-        grad_table, grad_bias = padded_table_gradients(grad_2d.t(), x.reshape(-1, x.shape[-1]), table,
-                                                       ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        return grad_x, grad_table, grad_bias, None
-
-
 def tied_decoder_logits(x: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, vocab: int) -> torch.Tensor:
-    """x [..., H], table [V_padded, H], bias [V_padded] -> logits [..., V] over the real vocab."""
-    return TiedDecoder.apply(x, table, bias, vocab)
+    """x [..., H], table [V_padded, H], bias [V_padded] -> logits [..., V_padded], -inf in the padding columns.
+
+    The matmul runs over all V_padded rows: a multiple of 8, so that bf16 rows are 16-byte aligned as
+    cuBLASLt wants (30522 is not; 30528 is), and its table gradient comes out whole from autograd
+    (slicing the table would zero-fill and copy a [V_padded, H] gradient). The padding columns are
+    masked through the bias: -inf, so softmax gives them 0, they are never predicted, and the padding
+    rows of the table and bias get exactly zero gradient.
+    """
+    padding = torch.arange(bias.shape[0], device=bias.device) >= vocab  # [V_padded]
+    return F.linear(x, table, bias.masked_fill(padding, float("-inf")))
 
 
 def decoder_cross_entropy(x: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,

@@ -271,9 +271,8 @@ class BertPredictionHeadTransform(nn.Module):
 class BertLMPredictionHead(nn.Module):
     """transform -> tied decoder; the decoder weight is ``word_embeddings.weight`` (padded vocab).
 
-    The decoder multiplies by the first ``vocab_size`` rows of the table (``pretraining.losses``), so
-    the logits never hold padding columns: slicing [N, V_padded] logits afterwards would make autograd
-    zero-fill and copy a gradient of that size every step.
+    The decoder multiplies by the whole padded table with the padding columns masked to -inf
+    (``pretraining.losses.tied_decoder_logits``); the logits handed out are the real-vocab columns.
     """
 
     def __init__(self, config: BertConfig):
@@ -283,8 +282,8 @@ class BertLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(padded_vocab_size(config.vocab_size)))
 
     def forward(self, x: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
-        # x [..., H], decoder_weight [V_padded, H] -> logits [..., V] over the real vocab
-        return tied_decoder_logits(self.transform(x), decoder_weight, self.bias, self.vocab_size)
+        # x [..., H], decoder_weight [V_padded, H] -> logits [..., V] over the real vocab (a view)
+        return tied_decoder_logits(self.transform(x), decoder_weight, self.bias, self.vocab_size)[..., :self.vocab_size]
 
     def loss(self, x: torch.Tensor, decoder_weight: torch.Tensor, labels: torch.Tensor,
              kernels: ModelKernels) -> torch.Tensor:
@@ -310,7 +309,7 @@ class BertForPreTraining(nn.Module):
     Unpacked batch: input_ids / token_type_ids / attention_mask [B, L] (attention_mask 1 = token,
     0 = padding; None for a batch without padding); masked_lm_positions / masked_lm_ids [B, P] (0 in
     unused slots: position 0 is always [CLS] and never masked); next_sentence_labels [B];
-    mlm_logits [B, P, vocab_size] over the real vocab (padding columns can never be predicted);
+    mlm_logits [B, P, vocab_size] over the real vocab (the padding columns are masked, never predicted);
     nsp_logits [B, 2].
 
     Packed batch (Habana's format: up to K samples end to end per row), given by the keyword arguments:

@@ -161,3 +161,44 @@ def test_training_call_compiles_to_one_graph(case):
     explanation = torch._dynamo.explain(model)(*args, **keywords)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+class HostReads:
+    """Counts the ops that copy a tensor's value to the host (.item(), bool(), .tolist(), nonzero):
+    each is a host sync on an accelerator."""
+
+    SYNCING = ("_local_scalar_dense", "nonzero", "equal")
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        reads = self.reads = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.overloadpacket.__name__ in HostReads.SYNCING:
+                    reads.append(func.overloadpacket.__name__)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+
+@pytest.mark.parametrize("case", ["all-ones mask", "padded", "packed", "packed, dropout on"])
+def test_the_training_step_never_reads_a_tensor_on_the_host(case):
+    """No host sync in forward or backward (default kernels, the accelerators' path): the model never
+    inspects the mask or the lengths; whether a batch is padded is the caller's word."""
+    config = dataclasses.replace(CONFIG, attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1) \
+        if case.endswith("dropout on") else CONFIG
+    torch.manual_seed(0)
+    model = BertForPreTraining(config).train()
+    unpacked, packed = batches()
+    batch = packed if case.startswith("packed") else dict(unpacked)
+    if case == "all-ones mask":
+        batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+    args = [batch[name] for name in UNPACKED_ARGS + LABELS]
+    keywords = {name: batch[name] for name in PACKED_KEYWORDS if name in batch}
+    counter = HostReads()
+    with counter.mode:
+        model(*args, **keywords)[0].backward()
+    assert counter.reads == []
+    assert model.bert.embeddings.word_embeddings.weight.grad is not None
