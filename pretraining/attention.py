@@ -101,8 +101,8 @@ class AttentionDispatch:
         if attention_mask is None:
             raise ValueError("a packed batch needs its attention_mask (the sample number of every token)")
         if self.varlen is not None and (dropout_p == 0.0 or self.varlen.has_dropout):
-            return AttentionLayout(sample_ids=attention_mask, cu_seqlens=packed_cu_seqlens(attention_mask, samples_per_row),
-                                   max_seqlen=attention_mask.shape[1])
+            offsets = packed_cu_seqlens(attention_mask, samples_per_row)
+            return AttentionLayout(sample_ids=attention_mask, cu_seqlens=offsets, max_seqlen=attention_mask.shape[1])
         return AttentionLayout(mask=same_sample(attention_mask, attention_mask), sample_ids=attention_mask)
 
     def for_queries(self, layout: AttentionLayout, query_index: torch.Tensor) -> AttentionLayout:

@@ -93,7 +93,7 @@ def attention_with_bits_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(scale)  # [B * heads, Q, L]
     else:  # the mask as an additive bias that the matmul adds for free: 0 = attend, -inf = masked
         bias = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~attn_mask, float("-inf"))
-        bias = bias.expand(batch, heads, *bias.shape[-2:]).reshape(batch * heads, *bias.shape[-2:])  # [B*heads, 1 or Q, L]
+        bias = bias.expand(batch, heads, *bias.shape[-2:]).reshape(batch * heads, *bias.shape[-2:])  # [B*h, 1|Q, L]
         scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)
     probs = bits_dropout(torch.softmax(scores, dim=-1), dropout_p)
     return torch.bmm(probs, v3).view(batch, heads, queries, head_dim)

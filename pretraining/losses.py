@@ -111,8 +111,8 @@ def nsp_cross_entropy(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tens
                       next_sentence_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean NSP cross-entropy over the real samples: nsp_logits [B, 2] and labels [B], or (packed)
     [B, K, 2], [B, K] and weights [B, K] (0 = empty slot) -> 0-dim fp32."""
-    return F.cross_entropy(at_least_fp32(nsp_logits.reshape(-1, 2)), nsp_labels(next_sentence_labels, next_sentence_weights),
-                           ignore_index=IGNORE)
+    labels = nsp_labels(next_sentence_labels, next_sentence_weights)  # [B] or [B * K]
+    return F.cross_entropy(at_least_fp32(nsp_logits.reshape(-1, 2)), labels, ignore_index=IGNORE)
 
 
 def pretraining_loss(mlm_logits: torch.Tensor, masked_lm_ids: torch.Tensor, masked_lm_positions: torch.Tensor,

@@ -245,7 +245,8 @@ class BertModel(nn.Module):
         hidden = self.embeddings(input_ids, token_type_ids, position_ids)
         layout = kernels.attention.layout(attention_mask, cls_positions.shape[1] if packed else None,
                                           self.attention_dropout if self.training else 0.0)
-        cls_index = cls_positions.long() if packed else input_ids.new_zeros(input_ids.shape[0], 1).long()  # [B, C]
+        batch = input_ids.shape[0]
+        cls_index = cls_positions.long() if packed else input_ids.new_zeros(batch, 1, dtype=torch.long)  # [B, C]
         if output_positions is None:
             hidden = self.encoder(hidden, layout, kernels)  # [B, L, H]
             cls_hidden = torch.gather(hidden, 1, cls_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
@@ -254,7 +255,7 @@ class BertModel(nn.Module):
             hidden = self.encoder(hidden, layout, kernels, query_index)  # [B, C + Q, H]
             cls_hidden, hidden = hidden.split([cls_index.shape[1], output_positions.shape[1]], dim=1)
         pooled = self.pooler(cls_hidden)  # [B, C, H]
-        return hidden, pooled if packed else pooled[:, 0]
+        return hidden, (pooled if packed else pooled[:, 0])
 
 
 class BertPredictionHeadTransform(nn.Module):

@@ -38,7 +38,8 @@ def make_samples(lengths: Sequence[int], masked_counts: Sequence[int], vocab_siz
 def unpacked_batch(samples: Sequence[Sample], seq_len: int, predictions: int) -> Dict[str, torch.Tensor]:
     """The samples one per row, zero padded: the model's positional arguments as keywords."""
     n = len(samples)
-    batch = {name: torch.zeros(n, seq_len, dtype=torch.long) for name in ("input_ids", "token_type_ids", "attention_mask")}
+    batch = {name: torch.zeros(n, seq_len, dtype=torch.long)
+             for name in ("input_ids", "token_type_ids", "attention_mask")}
     batch["masked_lm_positions"] = torch.zeros(n, predictions, dtype=torch.long)
     batch["masked_lm_ids"] = torch.zeros(n, predictions, dtype=torch.long)
     batch["next_sentence_labels"] = torch.tensor([s.nsp_label for s in samples])

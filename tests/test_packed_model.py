@@ -32,7 +32,8 @@ def scrambled_model(kernels: str = "sdpa") -> BertForPreTraining:
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.copy_((1.0 if name.endswith("LayerNorm.weight") else 0.0) + torch.randn(param.shape, generator=gen) * 0.3)
+            centre = 1.0 if name.endswith("LayerNorm.weight") else 0.0
+            param.copy_(centre + torch.randn(param.shape, generator=gen) * 0.3)
     if kernels == "eager":
         model.kernels = dataclasses.replace(model.kernels, attention=AttentionDispatch(masked=eager_attention))
     elif kernels == "varlen stand-in":
