@@ -203,3 +203,30 @@ def test_the_training_step_never_reads_a_tensor_on_the_host(case):
         model(*args, **keywords)[0].backward()
     assert counter.reads == []
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
+
+
+@pytest.mark.cuda
+def test_cuda_varlen_kernel_gives_the_masked_paths_logits_and_gradients():
+    """On a GPU, in bf16: the packed batch through the real varlen kernel (attention_for_device) against
+    the same batch through masked SDPA, forward and backward (relative error of bf16 kernels)."""
+    from pretraining.attention import attention_for_device
+
+    dispatch, line = attention_for_device("cuda", "bf16", 0.0)
+    if dispatch.varlen is None:
+        pytest.skip(line)
+    calls = []
+    counted = dataclasses.replace(dispatch.varlen, run=lambda *a: calls.append(1) or dispatch.varlen.run(*a))
+    _, packed = batches()
+    packed = {name: value.cuda() for name, value in packed.items()}
+    results = []
+    for attention in (AttentionDispatch(varlen=counted), AttentionDispatch()):
+        model = scrambled_model().cuda()
+        model.kernels = dataclasses.replace(model.kernels, attention=attention)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            mlm, nsp = per_sample(*run(model, packed, labels=False), packed)
+            loss = run(model, packed, labels=True)[0]
+        loss.backward()
+        results.append([mlm.float(), nsp.float(), loss] + [p.grad for p in model.parameters()])
+    assert len(calls) == 2 * (CONFIG.num_hidden_layers - 1)
+    for got, want in zip(*results, strict=True):
+        assert ((got - want).norm() / want.norm().clamp(min=1e-6)).item() < 3e-2
