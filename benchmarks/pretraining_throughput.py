@@ -2,6 +2,7 @@
 
     python -m benchmarks.pretraining_throughput                    # CPU presets (+ CUDA ones on a GPU)
     python -m benchmarks.pretraining_throughput --preset cpu-mini --steps 8 --optimizer adamw
+    python -m benchmarks.pretraining_throughput --preset cpu-base --without linear  # one CPU kernel's share
 
 Both models get the same weights, the same batch (phase-1-like: 10% short sequences, ~15% of the
 tokens masked, NSP labels), the same optimizer (our multi-tensor LAMB by default, or torch's AdamW),
@@ -10,10 +11,15 @@ train mode with dropout. Steps alternate between the two models (ours first on e
 transformers first on odd ones) so that load from other processes hits both alike; the median step
 time of each is reported. transformers uses attn_implementation="sdpa" and its own loss (labels
 over all positions, -100 elsewhere), as a user would run it. Ours runs as pretraining/training.py
-runs it: labels in, losses out, and on CPU in eager mode with central.cpu_kernels swapped in
-(random-bits dropout, the fused vocab-major MLM decoder + cross-entropy). CPU presets raise glibc's
-malloc thresholds first, as CPU training does (central/host_allocator.py: activations are not
-page-faulted in anew every step); the setting is process-wide, so transformers gets it too.
+runs it: labels in, losses out, and on CPU in eager mode with pretraining/cpu_kernels.py swapped in
+(random-bits dropout, oneDNN linears, the fused vocab-major MLM decoder + cross-entropy). CPU presets
+raise glibc's malloc thresholds first, as CPU training does (central/host_allocator.py: activations are
+not page-faulted in anew every step); the setting is process-wide, so transformers gets it too.
+
+--without NAMES (comma-separated names of pretraining.cpu_kernels.KERNEL_NAMES, or "all") adds a third
+model to the same rotation: ours with those CPU kernels left out, same weights, batch and optimizer. Its
+extra line gives the left-out kernels' share of our step, (t_without - t_ours) / t_without, measured
+interleaved in one process, so that load from other processes hits all three alike.
 
 Presets (issue 3 item 10):
     cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x
@@ -32,17 +38,17 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from central.cpu_kernels import use_cpu_kernels
 from central.device import autocast
 from central.host_allocator import retain_freed_memory
 from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
 from pretraining.lamb import Lamb, lamb_param_groups
-from pretraining.modeling import BertForPreTraining
+from pretraining.cpu_kernels import KERNEL_NAMES, use_cpu_kernels
+from pretraining.modeling import BertForPreTraining, padded_vocab_size
 
 
 @dataclass(frozen=True)
@@ -113,20 +119,35 @@ def make_optimizer(name: str, model: torch.nn.Module, device: torch.device):
     return torch.optim.AdamW(groups, lr=1e-4, fused=device.type in ("cuda", "cpu"))
 
 
+def ours_attention_mask(host_batch: dict, device_batch: dict) -> Optional[torch.Tensor]:
+    """The mask our model gets: None for a batch without padding, decided on the host as the data loader
+    does (the model never inspects the mask); transformers always gets the mask, as a user passes it."""
+    return None if bool(host_batch["attention_mask"].all()) else device_batch["attention_mask"]
+
+
+def ours_step_function(model, batch: dict, device: torch.device, precision: str, optimizer: str,
+                       compile_model: bool) -> Callable[[], None]:
+    """One full training step of our model (forward with labels, backward, optimizer step)."""
+    opt = make_optimizer(optimizer, model, device)
+    run = torch.compile(model) if compile_model else model
+    b = {key: value.to(device) for key, value in batch.items()}
+    mask = ours_attention_mask(batch, b)
+
+    def step():
+        with autocast(device.type, precision):
+            loss = run(b["input_ids"], b["token_type_ids"], mask, b["positions"], b["masked_ids"], b["nsp_labels"])[0]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def step_functions(ours, hf, batch: dict, device: torch.device, precision: str, optimizer: str,
                    compile_models: bool) -> Tuple[Callable[[], None], Callable[[], None]]:
-    ours_opt, hf_opt = make_optimizer(optimizer, ours, device), make_optimizer(optimizer, hf, device)
-    run_ours = torch.compile(ours) if compile_models else ours
+    hf_opt = make_optimizer(optimizer, hf, device)
     run_hf = torch.compile(hf) if compile_models else hf
     b = {key: value.to(device) for key, value in batch.items()}
-
-    def ours_step():
-        with autocast(device.type, precision):
-            loss = run_ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"],
-                            b["masked_ids"], b["nsp_labels"])[0]
-        loss.backward()
-        ours_opt.step()
-        ours_opt.zero_grad(set_to_none=True)
 
     def hf_step():
         with autocast(device.type, precision):
@@ -137,7 +158,7 @@ def step_functions(ours, hf, batch: dict, device: torch.device, precision: str, 
         hf_opt.step()
         hf_opt.zero_grad(set_to_none=True)
 
-    return ours_step, hf_step
+    return ours_step_function(ours, batch, device, precision, optimizer, compile_models), hf_step
 
 
 @torch.no_grad()
@@ -146,7 +167,7 @@ def eval_losses(ours, hf, batch: dict, device: torch.device, precision: str) -> 
     b = {key: value.to(device) for key, value in batch.items()}
     ours.eval(), hf.eval()
     with autocast(device.type, precision):
-        ours_loss = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["positions"],
+        ours_loss = ours(b["input_ids"], b["token_type_ids"], ours_attention_mask(batch, b), b["positions"],
                          b["masked_ids"], b["nsp_labels"])[0]
         hf_loss = hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
                      attention_mask=b["attention_mask"], labels=b["hf_labels"],
@@ -168,18 +189,33 @@ def timed(step: Callable[[], None], device: torch.device, clock: Callable[[], fl
     return clock() - start
 
 
-def interleaved_medians(ours_step, hf_step, device, warmup: int, steps: int,
-                        clock: Callable[[], float] = time.perf_counter) -> Tuple[float, float]:
+def interleaved_medians(step_fns: Sequence[Callable[[], None]], device, warmup: int, steps: int,
+                        clock: Callable[[], float] = time.perf_counter) -> List[float]:
+    """Median step time of each function; every round runs each once, the order reversed every other
+    round (so that none is always first or always last)."""
     for _ in range(warmup):
-        ours_step()
-        hf_step()
-    ours_times: List[float] = []
-    hf_times: List[float] = []
+        for step in step_fns:
+            step()
+    times: List[List[float]] = [[] for _ in step_fns]
     for round_number in range(steps):
-        order = [(ours_step, ours_times), (hf_step, hf_times)]
-        for step, times in (order if round_number % 2 == 0 else order[::-1]):
-            times.append(timed(step, device, clock))
-    return statistics.median(ours_times), statistics.median(hf_times)
+        order = list(range(len(step_fns)))
+        for index in (order if round_number % 2 == 0 else order[::-1]):
+            times[index].append(timed(step_fns[index], device, clock))
+    return [statistics.median(each) for each in times]
+
+
+def parse_without(text: Optional[str]) -> Tuple[str, ...]:
+    """--without value -> kernel names ("all" = every one); argparse reports a bad name as bad input."""
+    if not text:
+        return ()
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if names == ("all",):
+        return KERNEL_NAMES
+    unknown = [name for name in names if name not in KERNEL_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown CPU kernel {', '.join(unknown)}; choose from "
+                                         f"{', '.join(KERNEL_NAMES)} or all")
+    return names
 
 
 def matmul_flops_per_sequence(config: BertConfig, seq_len: int, predictions: int, ours: bool) -> float:
@@ -187,10 +223,11 @@ def matmul_flops_per_sequence(config: BertConfig, seq_len: int, predictions: int
 
     Encoder layer per token: 24 H^2 (q, k, v, out, 2 FFN matmuls with intermediate 4H counted as
     2*(4H^2) + 2*(2 H I)) + 4 L H (scores and weighted values). Ours runs its last layer only for
-    the P masked positions + [CLS] (keys/values still for all L) and the MLM head only at P positions;
-    transformers runs everything at all L positions.
+    the P masked positions + [CLS] (keys/values still for all L) and the MLM head only at P positions,
+    its decoder over the padded vocab; transformers runs everything at all L positions.
     """
-    h, inter, vocab, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    vocab = padded_vocab_size(config.vocab_size) if ours else config.vocab_size
     kv = 4 * h * h  # key + value projections
     per_query = 4 * h * h + 4 * h * inter + 4 * seq_len * h  # query, out, FFN, attention
     full_layer = seq_len * (kv + per_query)
@@ -240,13 +277,19 @@ def run_preset(name: str, args) -> List[str]:
         torch.cuda.empty_cache()
 
     ours, hf = build_models(config, device)
-    if device.type == "cpu" and not args.compile:
-        use_cpu_kernels(ours)  # as pretraining/training.py runs ours on CPU in eager mode
+    cpu_kernels = device.type == "cpu" and not args.compile  # as pretraining/training.py runs ours
+    if cpu_kernels:
+        use_cpu_kernels(ours)
     batch = phase1_like_batch(config, batch_size, preset.seq_len, preset.predictions)
     ours_loss, hf_loss = eval_losses(ours, hf, batch, device, precision)
-    ours_step, hf_step = step_functions(ours, hf, batch, device, precision, args.optimizer, args.compile)
+    step_fns = list(step_functions(ours, hf, batch, device, precision, args.optimizer, args.compile))
+    if cpu_kernels and args.without:
+        ablated = BertForPreTraining(config).to(device).train()
+        ablated.load_state_dict(ours.state_dict())
+        use_cpu_kernels(ablated, without=args.without)
+        step_fns.append(ours_step_function(ablated, batch, device, precision, args.optimizer, False))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    ours_time, hf_time = interleaved_medians(ours_step, hf_step, device, args.warmup, steps, clock)
+    ours_time, hf_time, *ablated_time = interleaved_medians(step_fns, device, args.warmup, steps, clock)
 
     where = (f"{torch.get_num_threads()} threads, {args.clock} time" if device.type == "cpu"
              else torch.cuda.get_device_name(device))
@@ -258,6 +301,15 @@ def run_preset(name: str, args) -> List[str]:
         f"ratio {hf_time / ours_time:.2f}x (goal {preset.goal}); eval loss ours {ours_loss:.4f} "
         f"transformers {hf_loss:.4f}"
     ]
+    if ablated_time:
+        without = ",".join(args.without)
+        lines.append(f"{name}: ours without {without} {ablated_time[0]:.4f} s/step vs ours {ours_time:.4f} s/step "
+                     f"(transformers {hf_time:.4f}): the left-out kernels' share of our step "
+                     f"{100 * (ablated_time[0] - ours_time) / ablated_time[0]:.1f}%, ratio without them "
+                     f"{hf_time / ablated_time[0]:.2f}x")
+    elif args.without:
+        lines.append(f"{name}: --without ignored (no CPU kernels on {device.type}"
+                     f"{' with --compile' if args.compile else ''})")
     if device.type == "cuda" or args.mfu:
         for label, is_ours, seconds in (("ours", True, ours_time), ("transformers", False, hf_time)):
             flops = 3 * matmul_flops_per_sequence(config, preset.seq_len, preset.predictions, is_ours) * batch_size
@@ -288,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--glibc_malloc_defaults", action="store_true",
                         help="CPU presets: keep glibc's malloc thresholds (by default they are raised for both "
                              "models, as training on CPU does: central/host_allocator.py)")
+    parser.add_argument("--without", type=parse_without, default=(),
+                        help="CPU presets: also time ours without these CPU kernels (comma-separated: "
+                             f"{', '.join(KERNEL_NAMES)}, or all), interleaved with the others")
     parser.add_argument("--mfu", action="store_true", help="also print MFU lines for CPU presets")
     parser.add_argument("--peak_tflops", type=float, default=790.0, help="peak FLOP rate for MFU, in TFLOP/s")
     return parser

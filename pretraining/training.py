@@ -23,7 +23,6 @@ from typing import Callable, Optional, TextIO, Tuple
 import torch
 
 from central.checkpoint import CheckpointWriteError, list_checkpoints, remove_stale_temporaries, save_torch_file
-from central.cpu_kernels import use_cpu_kernels
 from central.device import autocast, compile_for_mode, mark_step
 from central.distributed import all_reduce_sum
 from central.dllog import console
@@ -34,6 +33,7 @@ from central.stop_signals import StopSignals
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
 from pretraining.config import PretrainingConfig
+from pretraining.cpu_kernels import use_cpu_kernels
 from pretraining.dataset import DataPosition, ShardStream
 from pretraining.fault_injection import InjectedFaults
 from pretraining.hf_conversion import export_hf
@@ -224,7 +224,7 @@ def build_session(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, fault
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = BertForPreTraining(plan.model_config).to(runtime.device)
     if runtime.kind == "cpu" and runtime.mode == "eager":
-        use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (central/cpu_kernels.py)
+        use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (pretraining/cpu_kernels.py)
     optimizer = make_lamb(lamb_param_groups(model), cfg.learning_rate, runtime.kind, cfg.use_fused_lamb)
     start = load_start_point(cfg, plan.model_config.to_dict(), plan.file_names, model, optimizer, rank, world_size,
                              warn=lambda line: console(line, runtime.is_main))

@@ -1,14 +1,16 @@
-"""central.cpu_kernels: the random-bits dropout and attention stand-ins, and their swap into a model."""
+"""pretraining.cpu_kernels: the random-bits dropout and attention, the fused MLM loss, and their swap into a model."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from central.cpu_kernels import (BitsDropout, FusedDecoderCrossEntropy, IndexAddEmbedding, attention_with_bits_dropout,
-                                 bits_dropout, keep_mask, tied_table_alias, use_cpu_kernels)
 from pretraining.bert_config import BertConfig
-from pretraining.modeling import BertForPreTraining, decoder_cross_entropy
+from pretraining.cpu_kernels import (KERNEL_NAMES, BitsDropout, FusedDecoderCrossEntropy, attention_with_bits_dropout,
+                                     bits_dropout, keep_mask, use_cpu_kernels)
+from pretraining.losses import decoder_cross_entropy
+from pretraining.modeling import BertForPreTraining
+from pretraining.onednn_linear import OneDnnLinear, onednn_available, onednn_linear
 
 TINY = BertConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=128, max_position_embeddings=64)
@@ -96,15 +98,20 @@ def test_swap_keeps_eval_outputs_and_trains_with_the_new_dropout():
     model = BertForPreTraining(TINY)
     reference = BertForPreTraining(TINY)
     reference.load_state_dict(model.state_dict())
-    parameters = list(model.parameters())
-    # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 3 embeddings (word, position,
-    # token type), 2 x 6 encoder linears + pooler, MLM transform and NSP linears, 2 attention modules
-    # (their attention_fn and linear_fn), the MLM head, the tied decoder table
-    assert use_cpu_kernels(model) == 5 + 3 + 15 + 2 * 2 + 1 + 1
-    assert not any(type(m) in (torch.nn.Dropout, torch.nn.Embedding, torch.nn.Linear) for m in model.modules())
+    parameters, keys = list(model.parameters()), list(model.state_dict())
+    # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 2 x 6 encoder linears + pooler,
+    # MLM transform and NSP linears, and the model's three kernel entries (attention, linear, mlm_loss)
+    linears = 15 if onednn_available() else 0
+    assert use_cpu_kernels(model) == 5 + linears + 2 + (1 if linears else 0)
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert not linears or not any(type(m) is torch.nn.Linear for m in model.modules())
     assert all(a is b for a, b in zip(model.parameters(), parameters, strict=True))  # the same Parameters
-    assert isinstance(model.cls.predictions.loss_fn, FusedDecoderCrossEntropy)
-    assert reference.cls.predictions.loss_fn is decoder_cross_entropy
+    assert list(model.state_dict()) == keys
+    assert isinstance(model.kernels.mlm_loss, FusedDecoderCrossEntropy)
+    assert model.kernels.attention.masked is attention_with_bits_dropout
+    assert reference.kernels.mlm_loss is decoder_cross_entropy  # the default kernels are plain torch
+    assert reference.kernels.attention.masked is F.scaled_dot_product_attention
+    assert reference.kernels.linear is F.linear
     assert use_cpu_kernels(model) == 0  # idempotent
     batch = batch_for(TINY)
     model.eval(), reference.eval()
@@ -190,44 +197,42 @@ def test_fused_decoder_cross_entropy_reuses_its_buffer_unless_a_backward_still_n
         torch.testing.assert_close(fused(x, table, bias, labels, 101), decoder_cross_entropy(x, table, bias, labels, 101))
 
 
-def test_index_add_embedding_gives_the_embedding_gradient():
-    torch.manual_seed(0)
-    reference = torch.nn.Embedding(50, 16)
-    lookup = IndexAddEmbedding(50, 16)
-    lookup.weight = torch.nn.Parameter(reference.weight.detach().clone())
-    ids = torch.randint(0, 50, (4, 30))  # 120 lookups into 50 rows: most rows repeat
-    ids[0, :10] = 7
-    upstream = torch.randn(4, 30, 16)
-    out, expected = lookup(ids), reference(ids)
-    assert torch.equal(out, expected)
-    out.backward(upstream)
-    expected.backward(upstream)
-    torch.testing.assert_close(lookup.weight.grad, reference.weight.grad, atol=1e-6, rtol=1e-6)
-    assert lookup.weight.grad[ids.unique()].abs().sum(1).min() > 0
-    unused = torch.ones(50, dtype=torch.bool)
-    unused[ids.flatten()] = False
-    assert not lookup.weight.grad[unused].any()
+@pytest.mark.parametrize("left_out", KERNEL_NAMES)
+def test_each_kernel_can_be_left_out(left_out):
+    """``without`` leaves exactly that kernel's modules or entry as they were (the benchmark's A/B)."""
+    model = BertForPreTraining(TINY)
+    use_cpu_kernels(model, without=[left_out])
+    kernels = model.kernels
+    has_dropout = any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert has_dropout == (left_out == "dropout")
+    assert (kernels.attention.masked is F.scaled_dot_product_attention) == (left_out == "attention")
+    assert isinstance(kernels.mlm_loss, FusedDecoderCrossEntropy) == (left_out != "mlm_loss")
+    if onednn_available():
+        assert (kernels.linear is onednn_linear) == (left_out != "linear")
+        assert any(type(m) is OneDnnLinear for m in model.modules()) == (left_out != "linear")
+    plain = BertForPreTraining(TINY)
+    assert use_cpu_kernels(plain, without=KERNEL_NAMES) == 0
+    with pytest.raises(ValueError, match="unknown CPU kernel"):
+        use_cpu_kernels(plain, without=["embedding"])
 
 
 @pytest.mark.parametrize("case", ["pretraining loss", "nsp loss alone", "two micro-batches", "logits"])
-def test_tied_table_gets_the_dense_gradient_of_the_plain_model(case):
-    """The lookup's sparse rows + the decoder's dense gradient (through the early alias) sum to the plain
-    model's table gradient, dense, whichever parts of the graph the backward covers."""
+def test_cpu_kernels_give_the_gradients_of_the_plain_model(case):
+    """With dropout off, every parameter's gradient equals the plain model's (to summation order),
+    whichever parts of the graph the backward covers."""
     config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     model, reference = BertForPreTraining(config), BertForPreTraining(config)
     reference.load_state_dict(model.state_dict())
     use_cpu_kernels(model)
-    assert model.decoder_table_fn is tied_table_alias and model.bert.embeddings.word_embeddings.sparse_rows
-    assert not model.bert.embeddings.position_embeddings.sparse_rows  # untied tables stay dense
     batch = batch_for(config)
     labels = torch.randint(1, config.vocab_size, (4, 3))
     nsp = torch.tensor([0, 1, 1, 0])
     for net in (model, reference):
         if case == "pretraining loss":
             net(*batch, labels, nsp)[0].backward()
-        elif case == "nsp loss alone":  # no decoder in the graph: the sparse rows alone reach the table
+        elif case == "nsp loss alone":  # no decoder in the graph
             net(*batch, labels, nsp)[2].backward()
         elif case == "two micro-batches":
             net(*batch, labels, nsp)[0].backward()

@@ -1,11 +1,11 @@
-"""central/onednn_linear.py: F.linear's values and gradients through oneDNN, and the fallbacks."""
+"""pretraining/onednn_linear.py: F.linear's values and gradients through oneDNN, and the fallbacks."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from central import onednn_linear as onednn
-from central.cpu_kernels import use_cpu_kernels
+from pretraining import onednn_linear as onednn
 from pretraining.bert_config import BertConfig
+from pretraining.cpu_kernels import use_cpu_kernels
 from pretraining.modeling import BertForPreTraining
 
 pytestmark = pytest.mark.skipif(not onednn.onednn_available(), reason="this torch build has no oneDNN")
@@ -74,13 +74,13 @@ def test_use_cpu_kernels_swaps_every_linear_and_keeps_the_state_dict():
     use_cpu_kernels(model)
     swapped = [name for name, m in model.named_modules() if type(m) is onednn.OneDnnLinear]
     assert swapped == linears and len(swapped) == 2 * 6 + 3  # 6 per layer, pooler, MLM transform, NSP
-    assert all(layer.attention.self.linear_fn is onednn.onednn_linear for layer in model.bert.encoder.layer)
+    assert model.kernels.linear is onednn.onednn_linear  # the concatenated q/k/v projections
     assert list(model.state_dict()) == keys
 
 
 def test_use_cpu_kernels_leaves_linears_alone_without_onednn(monkeypatch):
-    monkeypatch.setattr("central.cpu_kernels.onednn_available", lambda: False)
+    monkeypatch.setattr("pretraining.cpu_kernels.onednn_available", lambda: False)
     model = BertForPreTraining(tiny_config())
     use_cpu_kernels(model)
     assert not any(type(m) is onednn.OneDnnLinear for m in model.modules())
-    assert all(layer.attention.self.linear_fn is F.linear for layer in model.bert.encoder.layer)
+    assert model.kernels.linear is F.linear

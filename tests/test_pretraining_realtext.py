@@ -20,7 +20,8 @@ import torch
 
 from central.dllog import read_dllogger
 from pretraining.bert_config import BertConfig
-from pretraining.modeling import BertForPreTraining, mlm_accuracy
+from pretraining.losses import mlm_accuracy
+from pretraining.modeling import BertForPreTraining
 from pretraining.run_pretraining import main
 from pretraining_runs import newest_checkpoint
 from pretraining_runs import single_thread  # noqa: F401  (autouse fixture)

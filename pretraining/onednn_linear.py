@@ -1,25 +1,17 @@
 """fp32 linear layers through oneDNN on the CPU: ``onednn_linear`` (F.linear's signature) and ``OneDnnLinear``.
 
-ATen sends a CPU ``F.linear`` / ``addmm`` to MKL's sgemm. On the 2-core AMD EPYC dev VM, oneDNN's
-fp32 inner-product primitive (the one ``torch.ops.mkldnn._linear_pointwise`` runs, shipped in
-every x86 PyTorch wheel) computes the same products 8-15% faster for BERT's forward and
-input-gradient shapes (up to 40% for the 21-row last layer), while MKL stays faster for most
-weight-gradient shapes ([out, N] @ [N, in]); measured GFLOP/s, 2 threads, N = 1024 tokens:
+ATen sends a CPU ``F.linear`` / ``addmm`` to MKL's sgemm. On AMD EPYC CPUs oneDNN's fp32
+inner-product primitive (the one ``torch.ops.mkldnn._linear_pointwise`` runs, shipped in every x86
+PyTorch wheel) computes BERT's forward and input-gradient products faster, while MKL stays faster for
+most weight-gradient shapes ([out, N] @ [N, in]). So ``_OneDnnLinear`` runs the forward and the input
+gradient through oneDNN and the weight gradient through ``torch.mm`` (MKL). Both libraries compute in
+IEEE fp32 (``torch.backends.mkldnn.matmul.fp32_precision`` is "none" by default); results differ from
+F.linear only in summation order (~1e-6 relative). Its share of a training step is measured with
+``python -m benchmarks.pretraining_throughput --without linear``.
 
-    [N, 768] x [768 -> 2304]   forward  MKL 174-187  oneDNN 202-205   input grad  MKL 196-202  oneDNN 211
-    [N, 768] x [768 -> 3072]   forward  MKL 176-180  oneDNN 204       input grad  MKL 195      oneDNN 213
-    [N, 3072] x [3072 -> 768]  forward  MKL 195-198  oneDNN 215       input grad  MKL 169-173  oneDNN 205
-    weight grads               MKL 159-202           oneDNN 115-197 (MKL kept)
-
-So ``_OneDnnLinear`` runs the forward and the input gradient through oneDNN and the weight gradient
-through ``torch.mm`` (MKL). Both libraries compute in IEEE fp32 (``torch.backends.mkldnn.matmul.
-fp32_precision`` is "none" by default); results differ from F.linear only in summation order (~1e-6
-relative). A BERT-base training step: 3418 -> 3182 ms (-7%) in an interleaved A/B run; BERT-mini,
-whose step is less matmul-bound, changes within noise.
-
-``onednn_linear`` falls back to ``F.linear`` wherever that path is not the plain case measured above:
+``onednn_linear`` falls back to ``F.linear`` wherever that path is not the plain case above:
 no oneDNN in this torch build, a non-CPU or non-fp32 tensor, CPU autocast on (F.linear would run in
-bf16 there), or torch.compile tracing. ``central.cpu_kernels.use_cpu_kernels`` swaps it in.
+bf16 there), or torch.compile tracing. ``pretraining.cpu_kernels.use_cpu_kernels`` swaps it in.
 """
 from __future__ import annotations
 
