@@ -70,9 +70,10 @@ class ShardWriter:
         for name, (dtype, width) in self.features.items():
             shape = (n_rows, widths[width]) if width else (n_rows,)
             chunks = (min(CHUNK_ROWS, max(n_rows, 1)),) + shape[1:]
+            maxshape = None if n_rows else (None,) + shape[1:]  # HDF5 takes a chunk larger than 0 rows only so
             self._datasets[name] = self._file.create_dataset(
-                name, shape=shape, dtype=dtype, chunks=chunks, compression="gzip", compression_opts=gzip_level,
-                track_times=False)  # no timestamps: the same seed gives byte-identical files
+                name, shape=shape, dtype=dtype, chunks=chunks, maxshape=maxshape, compression="gzip",
+                compression_opts=gzip_level, track_times=False)  # no timestamps: the same seed gives byte-identical files
 
     def write(self, start: int, block) -> None:
         for name, (dtype, _) in self.features.items():

@@ -10,16 +10,17 @@ E gets one packed shard per input shard, under the same file name (data.packed_f
 and beside E the metadata ``<E>_metadata.json`` (avg_seq_per_sample, packing_efficiency, ...). L and P
 must be the ones the shards were made with. ``python -m data.prepare --action create_hdf5_files --pack``
 does this right after making the shards. Packing pays at phase 2 (Wikipedia at 512: mean 256 real tokens,
-about 2x fewer rows); at 128 most samples are nearly full (about 1.1x). It needs a trainer that reads the
-packed format; every other tool (NVIDIA's and Habana's unpacked trainers, converters) reads D.
+about 2x fewer rows); at 128 most samples are nearly full (about 1.1-1.2x). It needs a trainer that reads
+the packed format; every other tool (NVIDIA's and Habana's unpacked trainers, converters) reads D.
 
 Design:
 - Each input shard is packed on its own, from its own length histogram (data.packing_plan: the plan
   depends on L and K only, so a shard's plan costs what a global one would); its samples go into packs
   with samples of the same shard only. Memory is bounded by one shard (times ``--n_processes``) and does
   not grow with the number of shards. The global histogram is the sum of the shards' and gives the
-  metadata. Per-shard plans lose nothing that matters: a shard of 60k Wikipedia-like samples packs to
-  within 0.1 % of its token lower bound.
+  metadata; no step needs more than one shard's samples. Per-shard plans lose little: 60,000 samples
+  drawn from the published Wikipedia histogram pack at 99.9 % real tokens, within 0.1 % of the fewest
+  packs possible (the whole 16.3 M-sample histogram: 99.8 %); shards of a few thousand samples lose 1-2 %.
 - One output file per input file keeps the file count that the trainer deals out to ranks, writes the
   last (smaller) shard like any other, and lets a bad shard be traced back by name.
 - Determinism: shard i uses the generator ``(seed, i)`` (i = index in sorted name order) to deal the
@@ -49,6 +50,7 @@ import numpy as np
 
 from central.checkpoint import atomic_write_text
 from central.dllog import progress
+from central.errors import RuntimeFailure
 from data.errors import DataPrepError, run_main
 from data.hdf5_shards import CHUNK_ROWS, DEFAULT_GZIP_LEVEL, FEATURES, ShardWriter, temporary_name
 from data.packed_format import (PACKED_FEATURES, SampleTable, is_packed, max_masked_per_pack, metadata_path,
@@ -159,11 +161,15 @@ def deal_samples(plan: PackPlan, lengths: np.ndarray, rng: np.random.Generator) 
     """int64 [packs, K] sample rows (-1 = none, real ones first): the plan's packs, each slot given a
     random sample of its length, packs in random order."""
     slot_lengths = np.repeat(plan.kinds, plan.counts, axis=0)                  # [packs, K]
-    members = np.full(slot_lengths.shape, -1, dtype=np.int64)
-    filled = np.flatnonzero(slot_lengths.ravel() > 0)
-    by_length = filled[np.argsort(slot_lengths.ravel()[filled], kind="stable")]
-    samples = np.lexsort((rng.random(len(lengths)), lengths))                 # by length, random within one
-    members.ravel()[by_length] = samples
+    flat = slot_lengths.reshape(-1)
+    filled = np.flatnonzero(flat > 0)
+    if len(filled) != len(lengths):
+        raise RuntimeFailure(f"the packing plan holds {len(filled)} samples, the shard {len(lengths)}")
+    by_length = filled[np.argsort(flat[filled], kind="stable")]             # slots by length
+    samples = np.lexsort((rng.random(len(lengths)), lengths))                 # samples by length, random within one
+    members = np.full(flat.shape, -1, dtype=np.int64)
+    members[by_length] = samples
+    members = members.reshape(slot_lengths.shape)
     return members[rng.permutation(len(members))]
 
 

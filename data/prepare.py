@@ -13,7 +13,7 @@ google_pretrained_weights (the BERT uncased vocab). Folders: data.layout, under 
 ``--max_sequences_per_pack`` samples per row) into the sibling folder ``<dataset>_packed``. It is off by
 default: the unpacked NVIDIA/Habana format is what every tool reads (NVIDIA's and Habana's unpacked
 trainers, checkers, converters, and the packer itself), packing is a separate step that can run later on
-the same shards, and it only pays at 512 (about 2x fewer rows on Wikipedia; about 1.1x at 128).
+the same shards, and it pays mostly at 512 (about 2x fewer rows on Wikipedia; about 1.1-1.2x at 128).
 """
 from __future__ import annotations
 
@@ -224,10 +224,7 @@ def action_create_hdf5_files(args, layout: Layout) -> None:
     output_dir = layout.hdf5(args.dataset, lower, args.max_seq_length, args.max_predictions_per_seq,
                              args.masked_lm_prob, args.random_seed, args.dupe_factor, args.whole_word_masking)
     if args.pack:  # refuse before hours of work, not after
-        from data.pack_pretraining_data import check_options, check_output_dir
-
-        check_options(_pack_options(args), args.n_processes)
-        check_output_dir(layout.packed(output_dir), output_dir)
+        _check_pack_target(args, output_dir, layout.packed(output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(shard, output_dir / (shard.stem + ".hdf5"), vocab.path, options, args.random_seed + index,
              bool(lower), args.tokenizer, args.gzip_level) for index, shard in enumerate(shards)]
@@ -267,6 +264,13 @@ def _pack_options(args):
 
     return PackOptions(args.max_seq_length, args.max_predictions_per_seq, args.max_sequences_per_pack,
                        args.random_seed, args.gzip_level)
+
+
+def _check_pack_target(args, unpacked: Path, packed: Path) -> None:
+    from data.pack_pretraining_data import check_options, check_output_dir
+
+    check_options(_pack_options(args), args.n_processes)
+    check_output_dir(packed, unpacked)
 
 
 def _pack(args, unpacked: Path, packed: Path) -> None:

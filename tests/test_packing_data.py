@@ -401,3 +401,26 @@ def test_prepare_refuses_an_existing_packed_set_before_any_work(wiki_128, capsys
     err = capsys.readouterr().err
     assert "already holds training shards" in err and err.count("\n") == 1
     assert {p.name: p.stat().st_mtime_ns for p in [*unpacked.iterdir(), *packed.iterdir()]} == stamps
+
+
+@pytest.mark.parametrize("per_pack", [1, 2])
+def test_fewer_samples_per_pack_and_an_empty_shard(tmp_path, per_pack):
+    source = make_folder(tmp_path / "in", sizes=[0, 150])
+    assert pack("--input_dir", source, "--output_dir", tmp_path / "out", "--max_sequence_length", 64,
+                "--max_predictions_per_sequence", 10, "--max_sequences_per_pack", per_pack) == 0
+    assert len(read_shard(tmp_path / "out" / "wiki_training_0.hdf5", PACKED_FEATURES)["input_ids"]) == 0
+    shard = check_pack_layout(tmp_path / "out" / "wiki_training_1.hdf5", 64, 10, per_pack=per_pack)
+    assert packed_keys(tmp_path / "out" / "wiki_training_1.hdf5") == unpacked_keys(source / "wiki_training_1.hdf5")
+    meta = json.loads(metadata_path(tmp_path / "out").read_text())
+    assert meta["avg_seq_per_sample"] == pytest.approx(150 / len(shard["input_ids"]))
+    assert (meta["avg_seq_per_sample"] == 1.0) == (per_pack == 1)
+
+
+def test_plan_command_reports_what_packing_gives(tmp_path, capsys):
+    from data.packing_plan import main as plan_main
+
+    (tmp_path / "h.json").write_text(json.dumps({"counts": [0] * 9 + [30] + [0] * 9 + [10]}))  # 30 of 10, 10 of 20
+    plan_main(["--histogram", str(tmp_path / "h.json")])
+    out = capsys.readouterr().out
+    # L=20, K=3: two 10s per pack (15 packs) and the 20s alone (10 packs); all tokens real
+    assert "40 samples -> 25 packs" in out and "100.000% real tokens" in out
