@@ -8,6 +8,8 @@ Everything lives under the working directory ``$BERT_PREP_WORKING_DIR`` (default
     sharded_training_shards_<n>_test_shards_<m>_fraction_<f>/<dataset>/<dataset>_{training|test}_<i>.txt
     hdf5_lower_case_<lc>_seq_len_<L>_max_pred_<P>_masked_lm_prob_<p>_random_seed_<s>_dupe_factor_<d>/
         <dataset>/<dataset>_{training|test}_<i>.hdf5 + vocab.txt
+        <dataset>_packed/<dataset>_training_<i>.hdf5 + vocab.txt    (create_hdf5_files --pack)
+        <dataset>_packed_metadata.json
 """
 from __future__ import annotations
 
@@ -63,6 +65,11 @@ class Layout:
         if whole_word_masking:  # not in the reference; kept apart so the two never mix
             name += "_whole_word_masking"
         return self.root / name / dataset
+
+    @staticmethod
+    def packed(hdf5_dir: Path) -> Path:
+        """The packed set made from the shards in ``hdf5_dir``: a sibling folder, ``_packed`` appended."""
+        return hdf5_dir.with_name(hdf5_dir.name + "_packed")
 
     def mrpc(self) -> Path:
         """GLUE's own layout (glue_data/MRPC), MSR sources beside the TSVs as GLUE's script leaves them."""
