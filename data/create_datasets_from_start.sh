@@ -23,6 +23,7 @@ esac
 source "$(dirname "${BASH_SOURCE[0]}")/../tools/python_env.sh"
 python_bin="$(project_python)"
 require_project_packages "$python_bin" create_datasets_from_start.sh
+import_this_checkout
 export BERT_PREP_WORKING_DIR="${BERT_PREP_WORKING_DIR:-$(pwd)}"
 n_processes="${N_PROCESSES:-$(nproc)}"
 shards=(--n_training_shards "${N_TRAINING_SHARDS:-256}" --n_test_shards "${N_TEST_SHARDS:-256}"

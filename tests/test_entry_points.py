@@ -121,7 +121,8 @@ def test_interpreter_choice_is_python_then_dot_venv_then_python3(tmp_path):
     (fake_repo / "tools").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "tools" / "python_env.sh", fake_repo / "tools")
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
-    script = f"source {fake_repo}/tools/python_env.sh && project_python && echo \"$PYTHONPATH\""
+    script = (f"source {fake_repo}/tools/python_env.sh && project_python"
+              " && import_this_checkout && echo \"$PYTHONPATH\"")
     assert run_bash(script, tmp_path, env).stdout.split("\n")[0] == "python3"
     venv_python = fake_repo / ".venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
@@ -160,6 +161,21 @@ def test_script_refuses_an_interpreter_that_does_not_exist(tmp_path, child_env):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"'{tmp_path / 'no-such-python'}' not found" in done.stderr
+
+
+def test_setup_refuses_a_missing_base_interpreter(tmp_path):
+    """tools/setup_env.sh makes .venv with $PYTHON (else python3): a wrong one is one line, exit 2, no .venv."""
+    fake_repo = tmp_path / "repo"
+    (fake_repo / "tools").mkdir(parents=True)
+    for name in ("setup_env.sh", "python_env.sh"):
+        shutil.copy(REPO_ROOT / "tools" / name, fake_repo / "tools")
+    env = dict(os.environ, PYTHON=str(tmp_path / "no-such-python"))
+    done = subprocess.run(["bash", str(fake_repo / "tools" / "setup_env.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"setup_env.sh: error: Python interpreter '{tmp_path / 'no-such-python'}' not found: " \
+                          "install Python 3.10+ or set PYTHON\n"
+    assert not (fake_repo / ".venv").exists()
 
 
 def test_requirements_check_names_the_first_missing_package(tmp_path, capsys):
