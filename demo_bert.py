@@ -34,8 +34,8 @@ PROG = "demo_bert.py"
 
 # Sub-commands whose arguments belong to another tool: (module with main(argv), help).
 PASS_THROUGH = {
-    "report": ("central.run_report", "summarise a run's dllogger.json (see: demo_bert.py report -h)"),
-    "predict": ("finetuning.predict", "answer questions / classify pairs with a fine-tuned model"),
+    "report": ("tools.report", "summarise a run's dllogger.json (see: demo_bert.py report -h)"),
+    "predict": ("tools.predict", "answer questions / classify pairs with a fine-tuned model"),
     "quickstart": ("data.quickstart", "prepare a small dataset and run a short pre-train + fine-tune"),
 }
 

@@ -9,7 +9,8 @@
 # Everything is written under $BERT_PREP_WORKING_DIR (default: the current directory).
 # Optional environment: VOCAB_FILE (default: BERT's uncased vocab, downloaded), N_PROCESSES (default:
 # all cores), N_TRAINING_SHARDS / N_TEST_SHARDS / FRACTION_TEST_SET (256 / 256 / 0.1),
-# WIKI_DUMP_URL (another Wikipedia dump), PYTHON (default: python3).
+# WIKI_DUMP_URL (another Wikipedia dump), PYTHON (default: the repository's .venv/bin/python when it
+# exists, else python3; see tools/python_env.sh).
 set -euo pipefail
 
 to_download="${1:-wiki_only}"
@@ -19,10 +20,11 @@ case "$to_download" in
   *) echo "usage: bash $0 [wiki_only|wiki_books]" >&2; exit 2 ;;
 esac
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../tools/python_env.sh"
+python_bin="$(project_python)"
+require_project_packages "$python_bin" create_datasets_from_start.sh
+import_this_checkout
 export BERT_PREP_WORKING_DIR="${BERT_PREP_WORKING_DIR:-$(pwd)}"
-export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
-python_bin="${PYTHON:-python3}"
 n_processes="${N_PROCESSES:-$(nproc)}"
 shards=(--n_training_shards "${N_TRAINING_SHARDS:-256}" --n_test_shards "${N_TEST_SHARDS:-256}"
         --fraction_test_set "${FRACTION_TEST_SET:-0.1}")

@@ -142,5 +142,10 @@ def main(argv: List[str]) -> None:
           f"{stats.tokens} tokens ({stats.tokenizer}) in {stats.seconds:.2f} s")
 
 
+def cli() -> int:
+    """The console command (pyproject.toml): errors as one line and their exit status."""
+    return run_main(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    raise SystemExit(cli())

@@ -299,5 +299,10 @@ def main(argv: Optional[List[str]]) -> None:
      "create_hdf5_files": action_create_hdf5_files}[args.action](args, layout)
 
 
+def cli() -> int:
+    """The console command (pyproject.toml): errors as one line and their exit status."""
+    return run_main(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))
+    raise SystemExit(cli())

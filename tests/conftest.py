@@ -1,5 +1,6 @@
 """Shared pytest set-up: markers, the repository root and the shared real data."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,10 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def child_env() -> dict:
-    """Environment for subprocesses: the repository root importable, progress bars off."""
+    """Environment for subprocesses: the repository root importable, progress bars off, and the interpreter
+    that runs the tests as the one the repository's shell scripts use (tools/python_env.sh reads PYTHON)."""
     env = dict(os.environ)
+    env["PYTHON"] = sys.executable
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["BERT_DISABLE_PROGRESS"] = "1"
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")

@@ -25,9 +25,9 @@ README = REPO_ROOT / "README.md"
 SECTION = "<!-- section: reliability (owner: issue 7) -->"
 ENTRY_POINTS = {"demo_bert.py", "python"}
 # Command modules that need another module of the checkout (merged from another branch) to exist.
-NEEDS = {"finetuning.run_glue": "finetuning.glue_task", "central.run_report": "central.run_report",
-         "finetuning.predict": "finetuning.predict"}
-PASS_THROUGH_MODULES = {"report": "central.run_report", "predict": "finetuning.predict"}
+NEEDS = {"finetuning.run_glue": "finetuning.glue_task", "tools.report": "tools.report",
+         "tools.predict": "tools.predict"}
+PASS_THROUGH_MODULES = {"report": "tools.report", "predict": "tools.predict"}
 
 
 # ------------------------------------------------------------------------------------------ the table

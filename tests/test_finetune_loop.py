@@ -169,23 +169,41 @@ def test_train_learns_logs_and_saves(tmp_path):
     assert not [p for p in (tmp_path).iterdir() if p.name.startswith(".saving-")]  # staging folder cleaned up
 
 
+def record_gradients_before_the_step(model):
+    """{name: gradient} as it stands when backward has finished adding to it: after the last micro-batch
+    of an optimizer step, the accumulated gradient the optimizer receives (before clipping and the update)."""
+    grads = {}
+    for name, param in model.named_parameters():
+        param.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone()))
+    return grads
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """Two micro-batches of 8 give the gradient of one batch of 16 (the loss is divided by the count).
+
+    Gradients, not the parameters after the step, are compared: AdamW's first step moves each weight by
+    about lr * g / (|g| + eps), so a weight whose true gradient is ~0 (the attention key biases and
+    qa_outputs.bias: softmax is shift-invariant) moves by float noise, which differs with the summation
+    order (batch size, CPU). The tolerance is scaled by the largest gradient for the same reason.
+    """
     features = toy_features(16)
-    models, losses = [], []
+    grads, losses = [], []
     for batch, accumulation in ((16, 1), (8, 2)):
         model = qa_model(seed=3)
+        grads.append(record_gradients_before_the_step(model))
         args = make_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                          max_steps=1, logging_steps=1)
         # Fixed length: QA logits span padded positions too, so the loss depends on the padded length.
         result = loop.train(model, features, args, cpu_runtime(), loop.DLLogger(None, enabled=False),
                             collate=loop.PaddingCollator(fixed_length=24))
         assert result.global_step == 1
-        models.append(model)
         losses.append(result.final_loss)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # the logged loss is the mean over 16 either way
-    # Same sampler order in both runs: 2 micro-batches of 8 average to the gradient of one batch of 16.
-    for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
-        assert torch.allclose(a, b, atol=2e-5), name
+    big, accumulated = grads
+    assert big.keys() == accumulated.keys() == {name for name, _ in qa_model().named_parameters()}
+    scale = max(float(g.abs().max()) for g in big.values())
+    for name in big:  # same sampler order in both runs: the same 16 features
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
 def test_max_steps_overrides_epochs_and_bf16_runs(tmp_path):

@@ -323,14 +323,14 @@ def test_missing_pass_through_tool_is_one_line(monkeypatch, capsys):
     real_import = importlib.import_module
 
     def import_module(name, *a):
-        if name == "central.run_report":
+        if name == "tools.report":
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return real_import(name, *a)
 
     monkeypatch.setattr(demo_bert.importlib, "import_module", import_module)
     assert demo_bert.main(["report", "x"]) == 2
     assert capsys.readouterr().err == "demo_bert.py report: error: not available in this checkout " \
-                                      "(central.run_report is missing)\n"
+                                      "(tools.report is missing)\n"
 
 
 def test_a_checkpoint_as_pretraining_model_starts_phase_one(shards, tmp_path):

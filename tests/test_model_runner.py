@@ -1,4 +1,4 @@
-"""central/habana_model_runner.py: YAML recipe -> demo_bert.py command line.
+"""tools/habana_model_runner.py: YAML recipe -> demo_bert.py command line.
 
 Every shipped recipe is checked three ways: its argv is accepted by demo_bert.py's own parser and means
 the same as the seed command written in the recipe's header; demo_bert.py --dry_run on it exits 0;
@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 import demo_bert
-from central import habana_model_runner as runner
+from tools import habana_model_runner as runner
 from data import quickstart
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES = sorted((REPO / "central" / "hb_configs").glob("*.yaml"))
+RECIPES = sorted((REPO / "tools" / "hb_configs").glob("*.yaml"))
 SEED_DATA = {"mrpc": "/data/bert/glue_data/MRPC", "squad": "/data/bert/Squad"}
 
 
@@ -52,7 +52,7 @@ def test_every_seed_configuration_has_a_recipe():
 
 
 def test_pretraining_recipe_argv_exactly():
-    argv = runner.build_argv(load(REPO / "central/hb_configs/bert_large_pretrain_bf16_lazy.yaml"), "bert",
+    argv = runner.build_argv(load(REPO / "tools/hb_configs/bert_large_pretrain_bf16_lazy.yaml"), "bert",
                              dry_run=True, python="PY")
     p1 = "/data/bert/hdf5_lower_case_1_seq_len_128_max_pred_20_masked_lm_prob_0.15_random_seed_12345_dupe_factor_5/wikicorpus_en"
     p2 = p1.replace("seq_len_128_max_pred_20", "seq_len_512_max_pred_80")
@@ -131,12 +131,12 @@ def test_dry_run_of_every_recipe_exits_0(path, site, capsys, monkeypatch):
 
 
 def test_runner_script_runs_demo_bert_dry_run(site, tmp_path):
-    """As a script (central/ is sys.path[0]), from another folder, without PYTHONPATH."""
+    """As a script (tools/ is sys.path[0]), from another folder, without PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     done = subprocess.run(
-        [sys.executable, str(REPO / "central" / "habana_model_runner.py"), "--framework", "pytorch",
-         "--model", "bert", "--hb_config", str(REPO / "central/hb_configs/bert_base_finetune_fp32_squad_eager.yaml"),
+        [sys.executable, str(REPO / "tools" / "habana_model_runner.py"), "--framework", "pytorch",
+         "--model", "bert", "--hb_config", str(REPO / "tools/hb_configs/bert_base_finetune_fp32_squad_eager.yaml"),
          "--dry_run", "--set", f"data_dir={site['Squad']}", "--set", "num_train_epochs=1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -221,7 +221,7 @@ def test_overrides_and_comma_values():
 def test_cpu_recipes_match_the_quickstart(recipe_name, step, monkeypatch):
     """The CPU recipes redo a quick-start step: same options as data/quickstart.py plans (run from the repo root)."""
     monkeypatch.chdir(REPO)
-    recipe_args = parse(runner.build_argv(load(REPO / "central/hb_configs" / recipe_name), "bert", python="PY")[2:])
+    recipe_args = parse(runner.build_argv(load(REPO / "tools/hb_configs" / recipe_name), "bert", python="PY")[2:])
     steps = quickstart.plan_steps(REPO / "quickstart_run", quickstart.BUDGETS["full"], "cpu", 12439)
     planned = next(argv[2:] for _, argv in steps
                    if argv[2:3] == [step] or ("--task_name" in argv and argv[argv.index("--task_name") + 1] == step))

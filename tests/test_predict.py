@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from finetuning import predict
+from tools import predict
 
 
 
@@ -164,7 +164,7 @@ def test_wrong_model_folder_is_refused(qa_dir, tmp_path, capsys):
 
 def test_runs_as_a_module(pair_dir, child_env):
     child_env["HF_HUB_OFFLINE"] = "1"
-    done = subprocess.run([sys.executable, "-m", "finetuning.predict", "--task_name", "mrpc",
+    done = subprocess.run([sys.executable, "-m", "tools.predict", "--task_name", "mrpc",
                            "--model_name_or_path", str(pair_dir), "--device", "cpu",
                            "--sentence1", "a", "--sentence2", "b"], env=child_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

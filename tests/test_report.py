@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from central.dllog import DLLogger
-from central import run_report
+from tools import report
 
 
 def write_pretraining_log(path):
@@ -54,7 +54,7 @@ def run_dir(tmp_path):
 
 
 def test_report_writes_plots_and_summary_with_the_runs_numbers(run_dir, capsys):
-    assert run_report.main([str(run_dir)]) == 0
+    assert report.main([str(run_dir)]) == 0
     out = run_dir / "report"
     names = sorted(p.name for p in out.iterdir())
     assert names == ["finetuning_mrpc.png", "finetuning_squad.png", "pretraining_phase1.png",
@@ -92,25 +92,25 @@ def test_report_reads_eval_results_and_a_torn_last_line(tmp_path):
     (task / "eval_results.json").write_text(json.dumps({"exact_match": 12.5, "f1": 20.25}))
     with open(task / "dllogger.json", "a") as handle:
         handle.write('DLLL {"timestamp": 1.0, "step": [0, 9], "da')  # the run was killed mid-line
-    assert run_report.main([str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 0
+    assert report.main([str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 0
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| exact_match | 12.5 |" in summary and "| f1 | 20.25 |" in summary
     assert "pre-training phases: 0" in summary
 
 
 def test_report_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    assert run_report.main([str(tmp_path / "missing")]) == 2
+    assert report.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing" in err and "no such file" in err
 
     (tmp_path / "empty").mkdir()
-    assert run_report.main([str(tmp_path / "empty")]) == 2
+    assert report.main([str(tmp_path / "empty")]) == 2
     assert "holds no dllogger.json" in capsys.readouterr().err
 
     broken = tmp_path / "broken" / "results"
     broken.mkdir(parents=True)
     (broken / "dllogger.json").write_text('DLLL {"step": [0, 1], "data": {}}\nDLLL {not json}\nDLLL {"step": []}\n')
-    assert run_report.main([str(tmp_path / "broken")]) == 2
+    assert report.main([str(tmp_path / "broken")]) == 2
     err = capsys.readouterr().err.strip()
     assert "line 2" in err and "dllogger.json" in err and err.count("\n") == 0
     assert not (tmp_path / "broken" / "report").exists()

@@ -1,7 +1,7 @@
 """Run demo_bert.py with the parameters of a YAML recipe (the reference's hb_configs runner).
 
-    python central/habana_model_runner.py --framework pytorch --model bert \
-        --hb_config central/hb_configs/bert_large_pretrain_bf16_lazy.yaml [--dry_run]
+    python tools/habana_model_runner.py --framework pytorch --model bert \
+        --hb_config tools/hb_configs/bert_large_pretrain_bf16_lazy.yaml [--dry_run]
 
 A recipe:
 
@@ -29,8 +29,8 @@ most specific level wins: data-type parameters over dataset parameters over gene
 ``--dry_run`` is handed to demo_bert.py, which then prints its commands instead of running them.
 A malformed recipe ends with exit status 2 and one line naming the offending key.
 
-Run as a script, this file has central/ as sys.path[0]; it therefore uses only the standard
-library and PyYAML, and finds demo_bert.py beside its own folder.
+It uses only the standard library and PyYAML (it runs by path too, where tools/ is sys.path[0]),
+and finds demo_bert.py beside its own folder.
 """
 from __future__ import annotations
 
@@ -222,11 +222,11 @@ def run(argv: List[str], env: Dict[str, str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python central/habana_model_runner.py",
+    parser = argparse.ArgumentParser(prog="python tools/habana_model_runner.py",
                                      description="Run demo_bert.py with the parameters of a YAML recipe.")
     parser.add_argument("--framework", required=True, help="pytorch (the only framework of this repository)")
     parser.add_argument("--model", required=True, help="model name the recipe is for (bert)")
-    parser.add_argument("--hb_config", required=True, help="YAML recipe (see central/hb_configs/)")
+    parser.add_argument("--hb_config", required=True, help="YAML recipe (see tools/hb_configs/)")
     parser.add_argument("--dry_run", action="store_true", help="demo_bert.py prints its commands without running them")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
                         help="override a parameter after filtering (e.g. --set data_dir=/data/p1,/data/p2); repeatable")

@@ -1,0 +1,1 @@
+"""Command-line tools around the runs: reports, prediction, YAML recipes, and the set-up scripts."""
