@@ -49,8 +49,8 @@ import numpy as np
 
 from benchmarks.time_to_quality_downstream import FinetuneRecipe, run_downstream, write_squad_split
 from benchmarks.time_to_quality_eval import Point, evaluate, export_ours, first_reach, interpolated_reach, plot_curves
-from benchmarks.time_to_quality_runs import (Recipe, RunResult, StageFailed, StepRate, prepare_hf, prepare_ours,
-                                             probe_hf, probe_ours, run_hf, run_ours)
+from benchmarks.time_to_quality_runs import (Recipe, RunResult, StageFailed, StepRate, drop_training_state, prepare_hf,
+                                             prepare_ours, probe_hf, probe_ours, run_hf, run_ours)
 from benchmarks.time_to_quality_text import EVAL_MASKING_SEED, SOURCES, build_corpus, heldout_set
 from central.errors import BadInputError, RuntimeFailure, run_main
 
@@ -58,7 +58,7 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 MARKER = "time_to_quality.marker"   # a run folder this benchmark made (and may clear for a new run)
 GOAL_RATIO = 1 / 3
 # --quick: the whole pipeline in a few minutes (a smoke test, not a result); explicit flags still win.
-QUICK = dict(minutes=0.5, checkpoint_minutes=0.15, probe_steps=3, max_articles=12, dupe_factor=1, shards=2,
+QUICK = dict(minutes=0.6, checkpoint_minutes=0.12, probe_steps=3, max_articles=12, dupe_factor=1, shards=2,
              eval_sequences=48, ours_batch=8, hf_batch=8, seeds=[1], mrpc_steps=3, mrpc_samples=48,
              squad_steps=3, squad_eval_articles=1, squad_train_articles=1, squad_paragraphs=2, squad_seq=192,
              finetune_batch=8)
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_articles", type=int, default=0, help="at most this many articles per source (0: all)")
     add("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads of every child (default: all cores)")
     add("--minutes", type=float, default=20.0, help="wall-clock budget of each side's training")
-    add("--checkpoint_minutes", type=float, default=2.0, help="a checkpoint (and a curve point) every this often")
+    add("--checkpoint_minutes", type=float, default=1.0, help="a checkpoint (and a curve point) every this often")
     add("--sides", nargs="+", choices=("ours", "hf"), default=["ours", "hf"], help="which runs (tuning sweeps: one)")
     add("--seed", type=int, default=42, help="pre-training seed of both sides")
     add("--ours_batch", type=int, default=32)
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hf_steps", type=int, default=0, help="max_steps of the HF route (0: from the probe and the budget)")
     add("--probe_steps", type=int, default=12, help="steps of each side's timing probe")
     add("--eval_sequences", type=int, default=0, help="held-out rows scored (0: all)")
+    add("--keep_checkpoints", action="store_true",
+        help="keep every checkpoint's optimizer state (default: only the last one's; weights are always kept)")
     add("--skip_downstream", action="store_true")
     add("--tasks", nargs="+", choices=("mrpc", "squad"), default=["mrpc", "squad"])
     add("--seeds", type=int, nargs="+", default=[1, 2, 3], help="fine-tuning seeds")
@@ -290,6 +292,9 @@ def main(argv: List[str]) -> int:
 
     curves = {side: score_checkpoints(side, run, heldout, args.vocab_file, run_dir / side / "hf_checkpoints")
               for side, run in runs.items()}
+    if not args.keep_checkpoints:
+        for side, run in runs.items():
+            drop_training_state(run, side)
     results["curves"] = {side: [asdict(p) for p in points] for side, points in curves.items()}
     results["prep_s"] = prep_s
     results["summary"] = compare(curves, budget_s, prep_s)

@@ -42,6 +42,7 @@ def evaluate(model_dir: Path, heldout: Dict[str, np.ndarray], batch_size: int = 
     from transformers import BertForMaskedLM
 
     transformers.logging.set_verbosity_error()  # our export also holds the NSP head: "unused weights"
+    transformers.utils.logging.disable_progress_bar()
     model = BertForMaskedLM.from_pretrained(str(model_dir)).eval()
     correct, total, loss_sum = 0, 0, 0.0
     ids = torch.from_numpy(heldout["input_ids"]).long()
@@ -84,28 +85,31 @@ def interpolated_reach(curve: Sequence[Point], target: float) -> Optional[float]
 
 def plot_curves(curves: Dict[str, List[Point]], target: Optional[float], reach_seconds: Optional[float],
                 title: str, path: Path) -> Path:
-    """Held-out MLM accuracy against wall minutes, one line per side, to ``path`` (PNG)."""
+    """Held-out MLM accuracy (left) and loss (right) against wall minutes, one line per side (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(7, 4))
+    fig, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for name, points in curves.items():
         points = sorted(points, key=lambda p: p.seconds)
-        axis.plot([0] + [p.seconds / 60 for p in points], [0] + [100 * p.accuracy for p in points],
-                  marker="o", markersize=3, linewidth=1.4, label=name)
+        minutes = [p.seconds / 60 for p in points]
+        accuracy_axis.plot([0] + minutes, [0] + [100 * p.accuracy for p in points], marker="o", markersize=3,
+                           linewidth=1.4, label=name)
+        loss_axis.plot(minutes, [p.loss for p in points], marker="o", markersize=3, linewidth=1.4, label=name)
     if target is not None:
-        axis.axhline(100 * target, color="gray", linestyle="--", linewidth=0.8,
-                     label=f"HF route final {100 * target:.1f}%")
+        accuracy_axis.axhline(100 * target, color="gray", linestyle="--", linewidth=0.8,
+                              label=f"HF route final {100 * target:.1f}%")
     if reach_seconds is not None:
-        axis.axvline(reach_seconds / 60, color="gray", linestyle=":", linewidth=0.8,
-                     label=f"ours reaches it at {reach_seconds / 60:.1f} min")
-    axis.set_xlabel("wall time since launch (minutes)")
-    axis.set_ylabel("held-out masked-token accuracy (%)")
-    axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
+        accuracy_axis.axvline(reach_seconds / 60, color="gray", linestyle=":", linewidth=0.8,
+                              label=f"ours reaches it at {reach_seconds / 60:.1f} min")
+    for axis, label in ((accuracy_axis, "held-out masked-token accuracy (%)"), (loss_axis, "held-out MLM loss (nats)")):
+        axis.set_xlabel("wall time since launch (minutes)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)

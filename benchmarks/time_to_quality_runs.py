@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -24,12 +25,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 from central.dllog import read_dllogger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
+MIN_STEPS = 4  # a shorter schedule means nothing; the deadline still stops a run that is slower than planned
 
 
 class StageFailed(RuntimeError):
@@ -50,7 +52,7 @@ class StepRate:
     step_s: float      # seconds per optimizer step (median)
 
     def steps_in(self, seconds: float) -> int:
-        return max(1, int((seconds - self.startup_s) / self.step_s))
+        return max(MIN_STEPS, int((seconds - self.startup_s) / self.step_s))
 
 
 @dataclass
@@ -146,6 +148,8 @@ def probe_ours(hdf5_dir: Path, out_dir: Path, recipe: Recipe, steps: int, seed: 
                if isinstance(r.get("step"), list) and r["step"] and "average_training_time_step" in r["data"]]
     if not records:
         raise StageFailed(f"the probe of ours logged no steps (log {logs / 'ours_probe.log'})")
+    shutil.rmtree(out_dir / "results" / "checkpoints", ignore_errors=True)  # only the timings are needed
+    shutil.rmtree(out_dir / "results" / "hf_export", ignore_errors=True)
     times = [r["data"]["average_training_time_step"] for r in records]
     step_s = statistics.median(times[2:] or times)
     first_start = records[0]["timestamp"] - times[0]
@@ -219,3 +223,15 @@ def run_hf(data: Path, vocab_file: Path, out_dir: Path, recipe: Recipe, max_step
         result.checkpoints[step] = folder
         result.completed_at[step] = max(p.stat().st_mtime for p in folder.iterdir()) - result.launched_at
     return result
+
+
+def drop_training_state(run: RunResult, side: str) -> None:
+    """After scoring: keep the HF-format weights of every checkpoint, but optimizer state (and our
+    ckpt_N.pt files, already exported) only for the last one (~135 MB each for mini)."""
+    for step in sorted(run.checkpoints)[:-1]:
+        path = run.checkpoints[step]
+        if side == "ours":
+            path.unlink(missing_ok=True)
+        else:
+            for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+                (path / name).unlink(missing_ok=True)

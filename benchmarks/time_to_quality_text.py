@@ -162,10 +162,11 @@ def build_corpus(data_dir: Path, sources: Sequence[str], out_dir: Path, max_arti
 
 
 def fast_tokenizer(vocab_file: Path):
-    """BERT's uncased WordPiece as a transformers fast tokenizer, built from the vocab file alone."""
-    from transformers import BertTokenizerFast
+    """BERT's uncased WordPiece as a transformers fast tokenizer, built from the vocab file alone (the
+    same builder fine-tuning uses, which knows transformers 4's and 5's constructors)."""
+    from finetuning.model_loading import tokenizer_from_vocab
 
-    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    return tokenizer_from_vocab(vocab_file, do_lower_case=True)
 
 
 def heldout_set(articles: Sequence[Article], vocab_file: Path, max_seq_length: int = 128,

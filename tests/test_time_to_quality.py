@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from benchmarks.time_to_quality_downstream import write_squad_split
 from benchmarks.time_to_quality_eval import Point, evaluate, first_reach, interpolated_reach
-from benchmarks.time_to_quality_text import (Article, build_corpus, clean_wikitext, heldout_set, overlap_reason,
+from benchmarks.time_to_quality_text import (Article, build_corpus, clean_wikitext, fast_tokenizer, heldout_set, overlap_reason,
                                              wikitext_articles, ngrams, title_key)
 from conftest import REPO_ROOT
 
@@ -58,6 +57,12 @@ def test_corpus_drops_a_copied_heldout_article(shared_data, tmp_path):
     assert not any("Boulter" in line for line in lines)
 
 
+def test_tokenizer_is_bert_uncased(shared_data):
+    tokenizer = fast_tokenizer(shared_data / VOCAB)
+    assert len(tokenizer) == 30522 and (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id) == (101, 102, 103)
+    assert tokenizer("The Tokenizer", add_special_tokens=False)["input_ids"] == [1996, 19204, 17629]
+
+
 def test_heldout_rows_have_one_fixed_masking(shared_data):
     articles = wikitext_articles(shared_data / "wikitext-2-raw" / "wiki.test.raw", "heldout")[:3]
     first = heldout_set(articles, shared_data / VOCAB, max_sequences=20)
@@ -83,16 +88,22 @@ def test_evaluate_scores_masked_positions_like_a_full_forward(tmp_path, shared_d
     model.save_pretrained(tmp_path / "model")
     articles = wikitext_articles(shared_data / "wikitext-2-raw" / "wiki.test.raw", "heldout")[:2]
     heldout = heldout_set(articles, shared_data / VOCAB, max_sequences=6)
-    accuracy, loss = evaluate(tmp_path / "model", heldout, batch_size=4)
     ids = torch.from_numpy(heldout["input_ids"]).long()
     with torch.no_grad():
-        logits = model(input_ids=ids, token_type_ids=torch.zeros_like(ids)).logits
-    positions = torch.from_numpy(heldout["masked_lm_positions"]).long()
+        logits = model(input_ids=ids, token_type_ids=torch.zeros_like(ids)).logits   # [N, L, V]
+    positions = torch.from_numpy(heldout["masked_lm_positions"]).long()            # [N, P], 0 = unused
+    valid = positions > 0
     rows = torch.arange(len(ids))[:, None].expand_as(positions)
-    picked, target = logits[rows, positions], torch.from_numpy(heldout["masked_lm_ids"]).long()
+    picked = logits[rows, positions][valid]                                          # [M, V]
+    # Labels the random model gets right in every other slot, so that accuracy is far from 0 and 1.
+    labels = torch.from_numpy(heldout["masked_lm_ids"]).long()
+    labels[valid] = torch.where(torch.arange(int(valid.sum())) % 2 == 0, picked.argmax(-1), labels[valid])
+    heldout["masked_lm_ids"] = labels.int().numpy()
+    target = labels[valid]
+    accuracy, loss = evaluate(tmp_path / "model", heldout, batch_size=4)
+    assert 0.4 < accuracy < 0.7
     assert accuracy == pytest.approx((picked.argmax(-1) == target).float().mean().item())
-    assert loss == pytest.approx(torch.nn.functional.cross_entropy(picked.reshape(-1, 30522), target.reshape(-1)).item(),
-                                 rel=1e-4)
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(picked, target).item(), rel=1e-5)
 
 
 def test_reach_times():
