@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -68,8 +68,15 @@ class BenchmarkInputError(BadInputError):
     """A flag or folder of this benchmark that cannot work."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad command line is one line and exit status 2, like every entry point of the project."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.time_to_quality", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m benchmarks.time_to_quality", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("-o", "--output_dir", default="time_to_quality_run", help="run folder (a new one, or one this benchmark made)")
     add("--quick", action="store_true", help=f"smoke run of every stage: {QUICK}")
@@ -129,6 +136,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                  "dupe_factor", "probe_steps", "finetune_batch"):
         if not getattr(args, flag) > 0:
             raise BenchmarkInputError(f"--{flag} {getattr(args, flag)}: must be positive")
+    if not 1 <= args.squad_eval_articles < 48:  # SQuAD v1.1 dev has 48 articles
+        raise BenchmarkInputError(f"--squad_eval_articles {args.squad_eval_articles}: must be 1..47")
     args.shards = args.shards or args.threads
     return args
 
@@ -154,13 +163,13 @@ def timed(function, *args):
 
 
 def plan_steps(side: str, fixed: int, probe, budget_s: float, checkpoint_s: float):
-    """(max_steps, save interval in steps, probe rate or None) for one side."""
+    """(max_steps, save interval in steps) for one side: given, or from its probe and the budget."""
     rate: Optional[StepRate] = None if fixed else probe()
     steps = fixed or rate.steps_in(budget_s)
     save_steps = max(1, round(checkpoint_s / rate.step_s)) if rate else max(1, round(steps * checkpoint_s / budget_s))
     measured = f"probe: start-up {rate.startup_s:.1f} s, {rate.step_s:.2f} s/step" if rate else "given"
     say(f"ttq: plan {side} max_steps {steps} checkpoint every {save_steps} steps ({measured})")
-    return steps, save_steps, rate
+    return steps, save_steps
 
 
 def score_checkpoints(side: str, run: RunResult, heldout: Dict[str, np.ndarray], vocab_file: Path,
@@ -240,17 +249,8 @@ def downstream(args, run_dir: Path, curves: Dict[str, List[Point]]) -> dict:
     return result
 
 
-def main(argv: List[str]) -> int:
-    args = parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    run_dir = fresh_run_dir(Path(args.output_dir).resolve())
-    logs, budget_s, checkpoint_s = run_dir / "logs", 60 * args.minutes, 60 * args.checkpoint_minutes
-    say(f"ttq: setup {'QUICK smoke run (not a result), ' if args.quick else ''}threads {args.threads}, "
-        f"budget {budget_s:.0f} s per side, checkpoint every {checkpoint_s:.0f} s, run folder {run_dir}")
-    results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-
+def text_stage(args, run_dir: Path) -> Tuple[Dict[str, np.ndarray], dict]:
+    """corpus/ for both sides and the masked held-out rows (heldout_masked.npz)."""
     corpus = build_corpus(args.data_dir, args.sources, run_dir / "corpus", args.max_articles)
     for article, reason in corpus.dropped:
         say(f"ttq: text dropped {article.source} article '{article.title}': {reason}")
@@ -260,54 +260,73 @@ def main(argv: List[str]) -> int:
     np.savez(run_dir / "heldout_masked.npz", **heldout)
     say(f"ttq: heldout wikitext-2 test: {len(corpus.heldout)} articles, {len(heldout['input_ids'])} rows of 128, "
         f"{int((heldout['masked_lm_positions'] > 0).sum())} masked tokens (one masking, seed {EVAL_MASKING_SEED})")
-    results["text"] = {"articles": corpus.articles, "words": corpus.words, "heldout_rows": len(heldout["input_ids"]),
-                       "dropped": [[a.source, a.title, why] for a, why in corpus.dropped]}
+    return heldout, {"articles": corpus.articles, "words": corpus.words, "heldout_rows": len(heldout["input_ids"]),
+                     "dropped": [[a.source, a.title, why] for a, why in corpus.dropped]}
 
+
+def pretraining_stage(args, run_dir: Path, budget_s: float, checkpoint_s: float):
+    """Data preparation (timed) and the budgeted runs of the chosen sides: (runs, prep seconds)."""
+    logs, hf_data = run_dir / "logs", run_dir / "hf" / "blocks.npz"
     recipes = {"ours": Recipe(args.ours_batch, args.ours_lr, args.ours_warmup),
                "hf": Recipe(args.hf_batch, args.hf_lr, args.hf_warmup)}
-    hf_data = run_dir / "hf" / "blocks.npz"
     hdf5, prep_ours = timed(prepare_ours, run_dir / "corpus", run_dir / "ours_data", args.vocab_file, args.shards,
                             args.dupe_factor, args.threads, logs)
     _, prep_hf = timed(prepare_hf, run_dir / "corpus", args.vocab_file, hf_data, args.threads, logs)
-    prep_s = {"ours": prep_ours, "hf": prep_hf}
     say(f"ttq: prep ours {prep_ours:.1f} s (data.prepare, dupe_factor {args.dupe_factor}, {args.shards} shards: {hdf5}); "
         f"hf {prep_hf:.1f} s (tokenize + chunk)")
-
     runs: Dict[str, RunResult] = {}
     if "ours" in args.sides:
-        steps, save_steps, _ = plan_steps("ours", args.ours_steps, lambda: probe_ours(
+        steps, save_steps = plan_steps("ours", args.ours_steps, lambda: probe_ours(
             hdf5, run_dir / "probe" / "ours", recipes["ours"], args.probe_steps, args.seed, args.threads, logs),
             budget_s, checkpoint_s)
         runs["ours"] = run_ours(hdf5, run_dir / "ours", recipes["ours"], steps, save_steps, args.seed,
                                 args.threads, budget_s, logs)
     if "hf" in args.sides:
-        steps, _, _ = plan_steps("hf", args.hf_steps, lambda: probe_hf(
+        steps, _ = plan_steps("hf", args.hf_steps, lambda: probe_hf(
             hf_data, args.vocab_file, run_dir / "probe" / "hf", recipes["hf"], args.probe_steps, args.seed,
             args.threads, logs), budget_s, checkpoint_s)
         runs["hf"] = run_hf(hf_data, args.vocab_file, run_dir / "hf" / "run", recipes["hf"], steps, args.seed,
                             args.threads, budget_s, checkpoint_s, logs)
     for side, run in runs.items():
+        last = max(run.completed_at.values(), default=0.0)
         say(f"ttq: run {side} {asdict(recipes[side])}: wall {run.wall_s:.0f} s, exit status {run.status}, "
-            f"{len(run.checkpoints)} checkpoints")
+            f"{len(run.checkpoints)} checkpoints, the last at {last:.0f} s")
+        if last < 0.9 * budget_s:  # its max_steps ran out early: the probe overestimated its step time
+            say(f"ttq: warning {side} finished its schedule at {last:.0f} s of its {budget_s:.0f} s budget "
+                f"(the machine was faster than during the probe); rerun on a quiet machine or give --{side}_steps")
+    return runs, {"ours": prep_ours, "hf": prep_hf}
 
+
+def main(argv: List[str]) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)  # evaluation runs in this process
+    run_dir = fresh_run_dir(Path(args.output_dir).resolve())
+    budget_s, checkpoint_s = 60 * args.minutes, 60 * args.checkpoint_minutes
+    say(f"ttq: setup {'QUICK smoke run (not a result), ' if args.quick else ''}threads {args.threads}, "
+        f"budget {budget_s:.0f} s per side, checkpoint every {checkpoint_s:.0f} s, run folder {run_dir}")
+    results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    heldout, results["text"] = text_stage(args, run_dir)
+    runs, results["prep_s"] = pretraining_stage(args, run_dir, budget_s, checkpoint_s)
     curves = {side: score_checkpoints(side, run, heldout, args.vocab_file, run_dir / side / "hf_checkpoints")
               for side, run in runs.items()}
     if not args.keep_checkpoints:
         for side, run in runs.items():
             drop_training_state(run, side)
     results["curves"] = {side: [asdict(p) for p in points] for side, points in curves.items()}
-    results["prep_s"] = prep_s
-    results["summary"] = compare(curves, budget_s, prep_s)
-    if not args.skip_downstream:
-        results["downstream"] = downstream(args, run_dir, curves)
-    summary = results["summary"]
+    summary = results["summary"] = compare(curves, budget_s, results["prep_s"])
     plot = plot_curves({"ours (demo_bert.py pretraining)" if s == "ours" else "HF route (run_mlm recipe)": p
                         for s, p in curves.items()}, summary.get("target"), summary.get("reached_s"),
                        f"BERT mini, {args.threads} threads, {args.minutes:g} min per side", run_dir / "time_to_quality.png")
     results["plot"] = str(plot)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    results_file = run_dir / "results.json"
+    results_file.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")  # again after fine-tuning
+    if not args.skip_downstream:
+        results["downstream"] = downstream(args, run_dir, curves)
+        results_file.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     say(f"ttq: result plot {plot}")
-    say(f"ttq: result json {run_dir / 'results.json'}")
+    say(f"ttq: result json {results_file}")
     return 0
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.time_to_quality import QUICK
 from benchmarks.time_to_quality_downstream import write_squad_split
 from benchmarks.time_to_quality_eval import Point, evaluate, first_reach, interpolated_reach
 from benchmarks.time_to_quality_text import (Article, build_corpus, clean_wikitext, fast_tokenizer, heldout_set, overlap_reason,
@@ -150,8 +151,22 @@ def test_quick_run_end_to_end(shared_data, tmp_path, child_env):
         assert len(curve) >= 2, (side, curve)
         assert all(0.0 <= p["accuracy"] <= 1.0 for p in curve)
         assert [p["seconds"] for p in curve] == sorted(p["seconds"] for p in curve)
-        assert curve[-1]["seconds"] < 30 + 120  # the 30 s budget, plus the step in flight and the save
+        assert curve[-1]["seconds"] < 60 * QUICK["minutes"] + 120  # the budget, plus the step in flight and the save
     png = out / "time_to_quality.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert (out / "squad_split" / "train.json").is_file() and (out / "squad_split" / "eval.json").is_file()
     assert (out / "heldout_masked.npz").is_file()
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    from benchmarks.time_to_quality import entry
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me", encoding="utf-8")
+    assert entry(["-o", str(foreign), "--skip_downstream"]) == 2
+    assert (foreign / "notes.txt").read_text(encoding="utf-8") == "keep me" and len(list(foreign.iterdir())) == 1
+    assert entry(["-o", str(tmp_path / "new"), "--minutes", "0"]) == 2
+    assert not (tmp_path / "new").exists()
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "not made by this benchmark" in errors[0] and "--minutes 0.0" in errors[1]
