@@ -374,6 +374,19 @@ def test_the_table_is_complete_and_consistent():
     assert {"launch", "pre", "squad", "ft", "glue", "prep"} <= areas
 
 
+def test_the_readme_quotes_real_cases():
+    """README.md's short table of common errors (section "Errors") quotes cases of the YAML file as they are."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "\n## Errors\n" in readme, "README.md has no Errors section"
+    section = readme.split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    quoted = re.findall(r"^\| `([\w-]+)` \| [^|]+ \| `([^`]+)` \|$", section, flags=re.M)
+    assert len(quoted) >= 5, "the README's Errors section lists no cases"
+    by_id = {row.id: row for row in ROWS}
+    for case_id, message in quoted:
+        assert case_id in by_id, f"README.md quotes {case_id}, which tests/bad_input_cases.yaml lacks"
+        assert message == by_id[case_id].message, f"README.md quotes {case_id}'s message as {message!r}"
+
+
 def test_the_document_shows_the_same_cases():
     """docs/bad-input.md's legend and table are what tests/bad_input_cases.yaml gives, case for case."""
     shown = generated_part(DOC_FILE.read_text(encoding="utf-8"))
