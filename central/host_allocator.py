@@ -4,16 +4,15 @@ By default glibc serves every block above a threshold with a fresh ``mmap`` (128
 to the size of a freed mmapped block, but ``posix_memalign``, which torch allocates with, asks for a
 little more than that, so same-size tensors keep missing it) and gives the top of the heap back to the
 kernel once more than twice that threshold is free. A training step frees its activations at its end and
-allocates them again in the next, so each step page-faults them in anew: 9k-42k faults (35-165 MB) and
-16-78 ms of kernel time per BERT-mini step on the 2-core dev VM, and the matmul that writes a fresh
-[4096, 1024] FFN gradient ran at 70 GFLOP/s instead of 155. ``retain_freed_memory`` serves blocks up to
-32 MiB (the most glibc's own threshold can reach) from the heap and keeps up to 1 GiB of free heap:
-0 faults per BERT-mini step once warm, about the same peak RSS (1.15 GB with glibc's defaults, 1.17 GB
-with this, flat from step 20 to step 150).
+allocates them again in the next, so each step page-faults them in anew: tens of thousands of faults
+per BERT-mini step, kernel time spent zeroing pages, and matmuls that write into fresh memory run well
+below their usual rate. ``retain_freed_memory`` serves blocks up to 32 MiB (the most glibc's own
+threshold can reach) from the heap and keeps up to 1 GiB of free heap: no faults per step once warm, and
+about the same peak RSS, which stays flat over a run.
 
 Bigger blocks stay mmapped: served from the heap, transformers' [32, 128, 30522] logits (500 MB) made
-its step slower (one interleaved run: 3.7 s with glibc's defaults, 4.9 s with 1 GiB for both
-thresholds, 3.0 s with these).
+its step slower, because its large frees each step still trim the heap. The measured figures, with
+their machine and date, are in docs/performance.md ("CPU kernels and runtime settings").
 
 The setting is process-wide and lasts for the process: call it where a process is about to train on the
 CPU, not from library code that may share the process with something else.

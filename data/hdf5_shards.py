@@ -36,7 +36,7 @@ def deflate_function(level: int):
     """bytes -> zlib stream, which is what HDF5's gzip filter stores (any zlib reads it back).
 
     The standard library's zlib: its output is a function of the input and level alone, so the same seed
-    gives byte-identical files. ISA-L (the ``isal`` package, ~4x faster at level 1) was used before and
+    gives byte-identical files. ISA-L (the ``isal`` package), faster at level 1, was used before and
     dropped: it now and then encoded the same chunk differently from one run to the next (both streams
     decode to the same bytes; seen on a 239-byte ``next_sentence_labels`` chunk, 1 run in ~10)."""
     return lambda data: zlib.compress(data, level)
@@ -49,9 +49,10 @@ def temporary_name(path: Path) -> Path:
 class ShardWriter:
     """``with ShardWriter(path, n, L, P) as w: w.write(start, block)``; renamed to ``path`` on success.
 
-    Chunks are compressed here and handed to HDF5 whole (``write_direct_chunk``), which lets us use a
-    faster deflate than HDF5's built-in zlib. ``start`` must be a multiple of CHUNK_ROWS; only the last
-    block may be shorter (its last chunk is zero-padded, as HDF5 stores edge chunks full-size).
+    Chunks are compressed here (``deflate_function``) and handed to HDF5 whole (``write_direct_chunk``),
+    so the compressor is ours to choose and pin; HDF5's gzip filter reads the zlib streams back.
+    ``start`` must be a multiple of CHUNK_ROWS; only the last block may be shorter (its last chunk is
+    zero-padded, as HDF5 stores edge chunks full-size).
     ``block`` has one array per feature, as attributes or as a mapping. ``features`` / ``widths``: another
     table of datasets and the sizes of the widths it names beyond "L" and "P" (the packed format)."""
 

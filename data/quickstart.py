@@ -42,7 +42,7 @@ OWN_PARTS = ("data", "pretraining", "finetuning", "report", MARKER)
 
 @dataclass(frozen=True)
 class Budget:
-    """How much work each step does. ``full`` fits 5 minutes on 2 CPU cores; ``small`` is for tests."""
+    """How much work each step does. ``full`` is sized for a few minutes on a 2-core CPU; ``small`` is for tests."""
     vocab_size: int
     dupe_factor: int
     pretrain_steps: tuple       # optimizer steps of phase 1, phase 2
@@ -151,7 +151,8 @@ def child_environment(device: str) -> Dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if device == "cpu":
         # The tiny model's matmuls are too small to gain from intra-op threads, and OpenMP threads that
-        # share cores with anything else spin: measured 0.07 s/step with 1 thread, ~1.8 s with 2.
+        # share cores with anything else spin, which made each step many times slower
+        # (docs/performance.md).
         env.setdefault("OMP_NUM_THREADS", "1")
     return env
 

@@ -7,10 +7,11 @@ tokens.
 
 Two tokenizers, chosen by ``--tokenizer`` (default ``auto``):
 - ``blingfire``: blingfire's bundled BERT WordPiece models (``bert_base_tok.bin`` for the stock
-  uncased vocab, ``bert_base_cased_tok.bin`` for the stock cased vocab), ~5x faster than ``tokenizers``.
+  uncased vocab, ``bert_base_cased_tok.bin`` for the stock cased vocab), faster than ``tokenizers``
+  (docs/performance.md).
   Only used when the vocab file *is* that stock vocab (checked by fingerprint) and the casing matches.
   It gives the reference (BERT ``BasicTokenizer`` + WordPiece) ids for ~99.9% of sentences; the rest
-  are words with combining marks (README: data preparation, tokenizer agreement).
+  are words with combining marks (docs/performance.md, "Tokenizers").
 - ``wordpiece``: ``tokenizers``' BertWordPieceTokenizer on any vocab, cased or uncased.
 """
 from __future__ import annotations

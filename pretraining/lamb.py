@@ -15,8 +15,9 @@ and each pass over all of them streams them from memory: BERT-base's 110M parame
 tensor kind. So there the parameters are cut into flat pieces and taken in blocks of ``cpu_block_elements``
 (default 512K elements: the five tensors of a block, 10 MB, stay in a server CPU's last-level cache) and
 all passes run on one block before the next; the per-tensor trust ratio is applied once a tensor's last
-piece is done, from the norms of its pieces. On the 2-core dev VM a BERT-base step went from 325 ms to
-220-230 ms, a BERT-mini step from 34 ms to 27 ms. Accelerators keep one block of whole tensors.
+piece is done, from the norms of its pieces, so the update reads the parameters from memory about once
+instead of once per pass (the step times before and after: docs/performance.md). Accelerators keep one
+block of whole tensors.
 """
 from __future__ import annotations
 
@@ -88,9 +89,9 @@ class Lamb(torch.optim.Optimizer):
         """One persistent work buffer per parameter (not optimizer state: never checkpointed).
 
         Fresh parameter-sized temporaries every step are what made this step slow on CPU: buffers
-        that large come straight from mmap, so each step paid a page fault per 4 KiB (~10 ns per
-        element measured, against ~0.3 ns for an in-place pass), and they took 2x the parameters
-        at their peak where this takes 1x.
+        that large come straight from mmap, so each step paid a page fault per 4 KiB, which costs far
+        more per element than the in-place pass that writes it, and they took 2x the parameters at
+        their peak where this takes 1x.
         """
         buffers = []
         for p in params:

@@ -1,9 +1,11 @@
-"""The bad-input matrix: README.md's table (section "Reliability and bad input") is the list of cases.
+"""The bad-input matrix: tests/bad_input_cases.yaml is the list of cases, docs/bad-input.md shows them.
 
-Each table row is run as its own process (see warm_runner.py): exit status 2, the row's message in
-the one stderr line, no traceback, and no new or changed file in the output folder ``{tmp}`` except
-temporary names. The README is the one source of truth: adding a row there adds a test case here; the
-inputs in braces are built by the BUILDERS below, and the README's legend must describe each of them.
+Each case is run as its own process (see warm_runner.py): exit status 2, the case's message in the one
+stderr line, no traceback, and no new or changed file in the output folder ``{tmp}`` except temporary
+names. The YAML file is the one source of truth: adding a case there adds a test here; the inputs in
+braces are built by the BUILDERS below, and the file's ``inputs`` must describe each of them.
+docs/bad-input.md's table is generated from the same file (tests/bad_input_cases.py), and a test here
+fails when it differs.
 """
 import hashlib
 import importlib.util
@@ -18,71 +20,20 @@ from typing import Dict, List, NamedTuple
 
 import pytest
 
+from bad_input_cases import DOC_FILE, Case, generated_part, load, render
 from pretraining_shards import VOCAB_SIZE, make_dataset, shard_arrays, write_shard, write_vocab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-README = REPO_ROOT / "README.md"
-SECTION = "<!-- section: reliability (owner: issue 7) -->"
 ENTRY_POINTS = {"demo_bert.py", "python"}
 # Command modules that need another module of the checkout (merged from another branch) to exist.
 NEEDS = {"finetuning.run_glue": "finetuning.glue_task", "tools.report": "tools.report",
          "tools.predict": "tools.predict"}
 PASS_THROUGH_MODULES = {"report": "tools.report", "predict": "tools.predict"}
 
-
-# ------------------------------------------------------------------------------------------ the table
-class Row(NamedTuple):
-    id: str
-    what: str
-    command: str
-    message: str
-
-
-def reliability_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    assert SECTION in text, "README.md has no reliability section"
-    return text.split(SECTION, 1)[1].split("<!-- section:", 1)[0]
-
-
-def _unquote(cell: str) -> str:
-    cell = cell.strip()
-    return cell[1:-1] if cell.startswith("`") and cell.endswith("`") else cell
-
-
-def parse_table(section: str) -> List[Row]:
-    rows, in_table = [], False
-    for line in section.splitlines():
-        if line.startswith("| id |"):
-            in_table = True
-            continue
-        if in_table and line.startswith("|---"):
-            continue
-        if in_table and line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-            assert len(cells) == 5, f"table row needs 5 cells: {line}"
-            rows.append(Row(_unquote(cells[0]), cells[1], _unquote(cells[2]), _unquote(cells[3])))
-        elif in_table:
-            break
-    return rows
-
-
-def parse_legend(section: str):
-    """({macro: expansion}, {placeholder names the legend describes})."""
-    macros, described = {}, set()
-    for line in section.splitlines():
-        macro = re.match(r"^- `\{(\w+)\}` = `(.+)`$", line)
-        if macro:
-            macros[macro.group(1)] = macro.group(2)
-            continue
-        names = re.match(r"^- ((?:`\{\w+\}`(?:, )?)+): ", line)
-        if names:
-            described.update(re.findall(r"\{(\w+)\}", names.group(1)))
-    return macros, described
-
-
-SECTION_TEXT = reliability_section()
-ROWS = parse_table(SECTION_TEXT)
-MACROS, DESCRIBED = parse_legend(SECTION_TEXT)
+TABLE = load()
+ROWS: List[Case] = TABLE.cases
+MACROS: Dict[str, str] = TABLE.macros
+DESCRIBED = set(TABLE.inputs)
 
 
 # ------------------------------------------------------------------------------------------ the inputs
@@ -276,7 +227,7 @@ def module_of(words: List[str]) -> str:
     return PASS_THROUGH_MODULES.get(sub, "demo_bert")
 
 
-def placeholders_of(row: Row) -> set:
+def placeholders_of(row: Case) -> set:
     names, pending = set(), [row.command, row.message]
     while pending:
         for name in re.findall(r"\{(\w+)\}", pending.pop()):
@@ -373,7 +324,7 @@ def warm():
     runner.close()
 
 
-def prepare_row(row: Row, inputs: Dict[str, str], tmp_path: Path):
+def prepare_row(row: Case, inputs: Dict[str, str], tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
     values = dict(inputs, tmp=str(out))
@@ -390,7 +341,7 @@ def prepare_row(row: Row, inputs: Dict[str, str], tmp_path: Path):
     return out, runner_argv(words), substitute(row.message, values)
 
 
-def check_result(row: Row, result: Result, message: str, before: Dict[str, str], out: Path, inputs) -> None:
+def check_result(row: Case, result: Result, message: str, before: Dict[str, str], out: Path, inputs) -> None:
     shown = f"[{row.id}] status {result.status}\nstderr:\n{result.stderr[-3000:]}\nstdout:\n{result.stdout[-1000:]}"
     assert result.status == 2, shown
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, shown
@@ -407,20 +358,42 @@ def check_result(row: Row, result: Result, message: str, before: Dict[str, str],
 
 # ------------------------------------------------------------------------------------------ tests
 def test_the_table_is_complete_and_consistent():
-    assert len(ROWS) >= 80, f"only {len(ROWS)} rows parsed from README.md"
+    assert len(ROWS) >= 80, f"only {len(ROWS)} cases in tests/bad_input_cases.yaml"
     ids = [row.id for row in ROWS]
     assert len(ids) == len(set(ids)), "row ids must be unique"
     used = set().union(*(placeholders_of(row) for row in ROWS))
     known = set(BUILDERS) | set(PER_ROW_BUILDERS) | set(MACROS) | {"tmp"}
     assert used <= known, f"placeholders without a builder: {sorted(used - known)}"
     assert DESCRIBED == set(BUILDERS) | set(PER_ROW_BUILDERS) | {"tmp"}, \
-        f"legend and builders differ: {sorted(DESCRIBED ^ (set(BUILDERS) | set(PER_ROW_BUILDERS) | {'tmp'}))}"
+        f"described inputs and builders differ: {sorted(DESCRIBED ^ (set(BUILDERS) | set(PER_ROW_BUILDERS) | {'tmp'}))}"
     assert not set(BUILDERS) - used, f"inputs no row uses: {sorted(set(BUILDERS) - used)}"
     for row in ROWS:
         assert shlex.split(row.command)[0] in ENTRY_POINTS, row
         assert row.message and row.what, row
     areas = {row.id.split("-")[0] for row in ROWS}
     assert {"launch", "pre", "squad", "ft", "glue", "prep"} <= areas
+
+
+def test_the_readme_quotes_real_cases():
+    """README.md's short table of common errors (section "Errors") quotes cases of the YAML file as they are."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "\n## Errors\n" in readme, "README.md has no Errors section"
+    section = readme.split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    quoted = re.findall(r"^\| `([\w-]+)` \| [^|]+ \| `([^`]+)` \|$", section, flags=re.M)
+    assert len(quoted) >= 5, "the README's Errors section lists no cases"
+    by_id = {row.id: row for row in ROWS}
+    for case_id, message in quoted:
+        assert case_id in by_id, f"README.md quotes {case_id}, which tests/bad_input_cases.yaml lacks"
+        assert message == by_id[case_id].message, f"README.md quotes {case_id}'s message as {message!r}"
+
+
+def test_the_document_shows_the_same_cases():
+    """docs/bad-input.md's legend and table are what tests/bad_input_cases.yaml gives, case for case."""
+    shown = generated_part(DOC_FILE.read_text(encoding="utf-8"))
+    assert shown is not None, f"{DOC_FILE} lacks the marker lines of its generated part"
+    shown_ids = re.findall(r"^\| `([\w-]+)` \|", shown, flags=re.M)
+    assert shown_ids == [row.id for row in ROWS], "the document lists other cases; python tests/bad_input_cases.py --write"
+    assert shown == render(TABLE), "the document is out of date; python tests/bad_input_cases.py --write"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])

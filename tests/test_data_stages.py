@@ -95,7 +95,7 @@ def test_sharding_balances_sentences(shared_data, tmp_path):
 
 
 def test_custom_corpus_to_hdf5_with_a_trained_cased_vocab(custom_corpus, tmp_path):
-    """The README walkthrough: own corpus -> own vocab -> shards -> HDF5 (cased)."""
+    """The walk-through of docs/data-preparation.md: own corpus -> own vocab -> shards -> HDF5 (cased)."""
     folder, _ = custom_corpus
     common = ["--dataset", "custom", "--working_dir", tmp_path, "--n_training_shards", 2, "--n_test_shards", 0,
               "--fraction_test_set", 0]

@@ -47,7 +47,7 @@ def test_tokenizers_agree_with_the_reference_wordpiece(shared_data, sentences, c
     assert isinstance(fast, BlingfireTokenizer)
     agree_fast = np.mean([a == b for a, b in zip(per_line_ids(fast, sentences), expected)])
     agree_wordpiece = np.mean([a == b for a, b in zip(per_line_ids(WordPieceTokenizer(vocab, lower), sentences), expected)])
-    # on the whole sample: blingfire 99.92% / 99.92%, tokenizers 99.997% / 100% (README)
+    # on the whole sample: blingfire 99.92% / 99.92%, tokenizers 99.997% / 100% (docs/performance.md)
     assert agree_fast >= 0.995
     assert agree_wordpiece >= 0.999
 

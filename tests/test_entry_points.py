@@ -17,7 +17,7 @@ except ImportError:  # Python 3.10: the backport, which import-linter (requireme
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Every script the README tells users to run: (module, path). Each answers --help with its usage.
+# Every script the README and docs/ tell users to run: (module, path). Each answers --help with its usage.
 DOCUMENTED = [
     ("demo_bert", "demo_bert.py"),
     ("pretraining.run_pretraining", "pretraining/run_pretraining.py"),
@@ -28,6 +28,8 @@ DOCUMENTED = [
     ("data.vocab", "data/vocab.py"),
     ("data.builtin.generate", "data/builtin/generate.py"),
     ("data.quickstart", "data/quickstart.py"),
+    ("data.pack_pretraining_data", "data/pack_pretraining_data.py"),
+    ("data.packing_plan", "data/packing_plan.py"),
     ("tools.report", "tools/report.py"),
     ("tools.predict", "tools/predict.py"),
     ("tools.habana_model_runner", "tools/habana_model_runner.py"),
@@ -67,13 +69,14 @@ def test_documented_script_runs_by_path_and_as_module_from_any_folder(module, pa
 
 
 def test_every_documented_script_is_listed():
-    """The list above covers every `python -m X` / `python X.py` of the README outside benchmarks/."""
+    """The list above covers every `python -m X` / `python X.py` of the README and docs/ outside benchmarks/."""
     import re
 
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    named = set(re.findall(r"python -m ((?:data|pretraining|finetuning|tools)\.[\w.]+)", readme))
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    named = set(re.findall(r"python -m ((?:data|pretraining|finetuning|tools)\.[\w.]+)", text))
     named |= {p[:-3].replace("/", ".") for p in re.findall(r"python ((?:tools|data|pretraining|finetuning)/[\w/]+\.py)",
-                                                          readme)}
+                                                          text)}
     assert named, "no script found in README.md"
     assert named <= {module for module, _ in DOCUMENTED}, named - {module for module, _ in DOCUMENTED}
 

@@ -3,7 +3,7 @@ launcher's handling of an output path full of shell syntax (dry run: the printed
 
 The real runs (a pre-training run under such a path, the exported safetensors) are in
 test_reliability_runs.py; the refusal of a checkpoint carrying a pickled callable is in
-test_pretraining_faults.py and in the README's bad-input table (rows *-ckpt-pickle).
+test_pretraining_faults.py and in the bad-input cases (tests/bad_input_cases.yaml, *-ckpt-pickle).
 """
 import ast
 import os
