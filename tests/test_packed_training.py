@@ -19,6 +19,7 @@ from pretraining.run_setup import plan_run
 from pretraining_runs import single_thread  # noqa: F401  (autouse fixture)
 from pretraining_runs import newest_checkpoint, pretraining_args, same_tensors, step_losses, write_config
 from pretraining_shards import make_dataset, make_packed_dataset
+from test_device import habana  # noqa: F401  (fixture: the Habana stand-in)
 
 L, P = 64, 10
 
@@ -246,6 +247,31 @@ def test_graph_mode_compiles_the_packed_step_and_gives_the_eager_losses(data, tm
     assert sorted(losses["graph"]) == [1, 2]
     for step in (1, 2):
         assert losses["graph"][step] == pytest.approx(losses["eager"][step], rel=1e-4)
+
+
+def test_hpu_lazy_packed_run_through_the_habana_stand_in(data, tmp_path, habana, monkeypatch):
+    """HPU wiring with the stand-in stack (its tensors stay on the CPU): packed batches take the masked
+    path (attention_for_device), lazy mode flushes the graph after every micro-batch, and the losses are
+    the CPU run's (the CPU eager run differs only by its CPU kernels' rounding)."""
+    import contextlib
+
+    import pretraining.training as training
+    from central.distributed import DistEnv
+    from central.runtime import Runtime
+
+    config = str(write_config(tmp_path / "bert_config.json", max_position_embeddings=L))
+    cpu = tmp_path / "cpu"
+    assert main(args(data["packed"], cpu, steps=2, batch=16, accumulation=4, config=config)) == 0
+    hpu_on_cpu = Runtime("hpu", "lazy", "fp32", torch.device("cpu"), DistEnv())
+    monkeypatch.setattr(training, "runtime_session", lambda *a, **k: contextlib.nullcontext(hpu_on_cpu))
+    hpu = tmp_path / "hpu"
+    assert main(args(data["packed"], hpu, "--device", "hpu", "--mode", "lazy", steps=2, batch=16, accumulation=4,
+                     config=config)) == 0
+    params = next(r["data"] for r in read_dllogger(hpu / "dllogger.json") if r["step"] == "PARAMETER")
+    assert (params["device"], params["mode"], params["gradient_accumulation_steps"]) == ("hpu", "lazy", 2)
+    assert habana.marks >= 2 * 2  # at least one flush per micro-batch (2 steps of 2)
+    for step, loss in step_losses(cpu).items():
+        assert step_losses(hpu)[step] == pytest.approx(loss, rel=1e-4)
 
 
 @pytest.mark.cuda
