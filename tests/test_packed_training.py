@@ -320,3 +320,23 @@ def test_packed_layout_errors_name_the_file_and_the_value(data, tmp_path):
     with pytest.raises(ShardError, match=f"'masked_lm_positions' has shape \\[\\d+, {P}\\], expected \\[N, {P + 3}\\]"):
         load_shard(path, shape)
     assert np.array_equal(load_shard(source, shape)["input_mask"], good["input_mask"])
+
+
+@pytest.mark.mpi
+def test_two_ranks_train_packed_shards_in_lockstep(tmp_path):
+    """demo_bert.py, 2 CPU ranks under mpirun with DDP: each rank reads its own packed shards, the
+    packed batch goes through DDP's forward with its keyword inputs, and the ranks hold identical
+    parameters after every step."""
+    from pretraining_runs import subprocess_env
+    from test_pretraining_distributed import STEPS, checksum_lines, launch
+
+    unpacked = make_dataset(tmp_path / "u", num_files=4, samples=48, seed=7, min_length=8, bert_counts=True)
+    packed = make_packed_dataset(unpacked, tmp_path / "p1", 32, 5)
+    phase2 = make_dataset(tmp_path / "p2", num_files=2, seed=8)
+    results = launch((packed, phase2), tmp_path / "out", subprocess_env(), "--enable_packed_data_mode", "True", "None")
+    rank0, rank1 = checksum_lines(results, 0), checksum_lines(results, 1)
+    assert [int(r[0]) for r in rank0] == list(range(1, STEPS + 2))
+    assert [r[:2] for r in rank0] == [r[:2] for r in rank1] and len({r[1] for r in rank0}) == STEPS
+    assert all(a[2] != b[2] for a, b in zip(rank0, rank1))
+    params = next(r["data"] for r in read_dllogger(results / "dllogger.json") if r["step"] == "PARAMETER")
+    assert params["packed_data"] is True and params["world_size"] == 2
