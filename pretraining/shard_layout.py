@@ -104,7 +104,8 @@ def check_layout(path: PathLike, shape: ShardShape) -> int:
     with _open(path) as handle:
         if is_packed(handle.keys()) != shape.packed:
             kind = "packed" if shape.packed else "unpacked"
-            raise ShardError(f"{path}: not {kind} like the other shards of the folder; put each layout in its own folder")
+            raise ShardError(f"{path}: not {kind} like the other shards of the folder; put each layout in its "
+                             f"own folder")
         missing = [key for key in features if key not in handle]
         if missing:
             raise ShardError(f"{path}: missing dataset(s) {', '.join(missing)} "

@@ -187,7 +187,7 @@ def test_enable_packed_data_mode_may_only_confirm_the_shards(data, tmp_path, cap
         source = tmp_path / "mixed"
     else:
         source = data[folder]
-    extra = () if flag is None else ("--enable_packed_data_mode",) if flag == "" else ("--enable_packed_data_mode", flag)
+    extra = {None: (), "": ("--enable_packed_data_mode",)}.get(flag, ("--enable_packed_data_mode", flag))
     capsys.readouterr()
     assert main(args(source, tmp_path / "out", *extra, steps=1)) == status
     err = capsys.readouterr().err.strip().splitlines()

@@ -17,6 +17,10 @@ LINE = re.compile(r"packing tiny L=(\d+) P=\d+ (\w+) .*?: (\d+) samples in \d+ p
                   r"([\d.]+)%, mean length ([\d.]+), bound L/mean ([\d.]+)x, ratio/bound ([\d.]+)")
 
 
+PACK_FIELDS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+               "next_sentence_positions", "next_sentence_labels", "next_sentence_weights")
+
+
 @pytest.fixture(scope="module")
 def work(shared_data, tmp_path_factory):
     return tmp_path_factory.mktemp("packing_bench")
@@ -44,18 +48,15 @@ def test_both_layouts_hold_the_same_samples(shared_data, work):
     packed = Counter()
     for batch in matched.packed:
         for row in range(batch.input_ids.shape[0]):
-            pack = {name: getattr(batch, field)[row].numpy() for name, field in (
-                ("input_ids", "input_ids"), ("input_mask", "input_mask"), ("segment_ids", "segment_ids"),
-                ("masked_lm_positions", "masked_lm_positions"), ("masked_lm_ids", "masked_lm_ids"),
-                ("next_sentence_positions", "next_sentence_positions"),
-                ("next_sentence_labels", "next_sentence_labels"), ("next_sentence_weights", "next_sentence_weights"))}
+            pack = {name: getattr(batch, name)[row].numpy() for name in PACK_FIELDS}
             packed.update(sample.key() for sample in split_pack(pack))
     unpacked = Counter()
     for batch in matched.unpacked:
         arrays = {"input_ids": batch.input_ids.numpy(), "segment_ids": batch.segment_ids.numpy(),
                   "input_mask": np.ones_like(batch.input_ids.numpy(), dtype=np.int8) if batch.input_mask is None
                   else batch.input_mask.numpy(), "masked_lm_positions": batch.masked_lm_positions.numpy(),
-                  "masked_lm_ids": batch.masked_lm_ids.numpy(), "next_sentence_labels": batch.next_sentence_labels.numpy()}
+                  "masked_lm_ids": batch.masked_lm_ids.numpy(),
+                  "next_sentence_labels": batch.next_sentence_labels.numpy()}
         table = SampleTable.from_arrays(arrays)
         unpacked.update(table.sample(row).key() for row in range(len(table)))
     assert sum(packed.values()) == matched.samples > 24 and packed == unpacked
