@@ -238,12 +238,19 @@ def test_unpadded_batches_reach_the_model_without_a_mask(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_graph_mode_compiles_the_packed_step_and_gives_the_eager_losses(data, tmp_path):
+    """torch.compile traces the packed training call without a graph break (one graph for the model's
+    forward; backward follows it) and gives the eager run's losses."""
+    from torch._dynamo.utils import counters
+
     config = str(write_config(tmp_path / "bert_config.json", max_position_embeddings=L))
     losses = {}
     for mode in ("eager", "graph"):
         out = tmp_path / mode
+        counters.clear()
         assert main(args(data["packed"], out, "--mode", mode, steps=2, config=config)) == 0
         losses[mode] = step_losses(out)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1
     assert sorted(losses["graph"]) == [1, 2]
     for step in (1, 2):
         assert losses["graph"][step] == pytest.approx(losses["eager"][step], rel=1e-4)
