@@ -113,8 +113,10 @@ def prepare_wikipedia(shared: Path, work: Path, seq_len: int, quick: bool) -> Pa
 def cut_to_histogram(table: SampleTable, counts: np.ndarray, rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """As many samples as ``table`` holds, with lengths drawn from ``counts`` (samples of each length
     1..L): for each drawn length n, a real sample at least n long (drawn among those) keeps its first n-1
-    tokens and ends with its [SEP]; its masked positions inside stay (about 15% of n, as they were spread
-    over the sample). Where no sample is long enough, the longest one is taken whole."""
+    tokens and ends with its [SEP], and of its masked positions inside as many as BERT's rule gives a
+    sample of n tokens, min(P, max(1, round(0.15 n))) (fewer if fewer lie inside), so that packs hold
+    as many masked tokens as packs of real samples. Where no sample is long enough, the longest one is
+    taken whole."""
     arrays, seq_len = table.arrays, table.arrays["input_ids"].shape[1]
     drawn = rng.choice(np.arange(1, seq_len + 1), size=len(table), p=counts / counts.sum())  # [N]
     by_length = np.argsort(table.lengths, kind="stable")
@@ -128,7 +130,9 @@ def cut_to_histogram(table: SampleTable, counts: np.ndarray, rng: np.random.Gene
     sep = np.take_along_axis(arrays["input_ids"][source], (own - 1)[:, None], axis=1)  # each sample's last [SEP]
     np.put_along_axis(out["input_ids"], (lengths - 1)[:, None], sep, axis=1)
     masked = arrays["masked_lm_positions"][source]
+    allowed = np.minimum(masked.shape[1], np.maximum(1, np.rint(0.15 * lengths))).astype(np.int64)  # [N]
     inside = (masked > 0) & (masked < (lengths - 1)[:, None])                      # sorted, so a prefix stays
+    inside &= np.cumsum(inside, axis=1) <= allowed[:, None]
     out["masked_lm_positions"] = np.where(inside, masked, 0)
     out["masked_lm_ids"] = np.where(inside, arrays["masked_lm_ids"][source], 0)
     out["next_sentence_labels"] = arrays["next_sentence_labels"][source]
@@ -274,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="graph: torch.compile both models (CUDA: adds a minute or more of compilation)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="default: fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--models", nargs="+", choices=("mini", "base"), default=None,
+                        help="CPU: only these models (default: both)")
+    parser.add_argument("--seq_lens", nargs="+", type=int, choices=sorted(PHASE_SHAPES), default=None,
+                        help="CPU: only these sequence lengths (default: 512 and 128)")
     parser.add_argument("--packed_steps", type=int, default=None, help="timed packed steps per case")
     parser.add_argument("--batch", type=int, default=None, help="rows per micro-batch (default: per case)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -299,6 +307,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == "cpu":
         retain_freed_memory()  # as training on CPU does
     cases = cuda_cases() if args.device == "cuda" else cpu_cases(args.quick)
+    if args.device == "cpu" and not args.quick:
+        cases = [c for c in cases
+                 if c.model in (args.models or [c.model]) and c.seq_len in (args.seq_lens or [c.seq_len])]
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="packing_throughput_"))
     try:
         folders: Dict[Tuple[int, str], Path] = {}

@@ -400,7 +400,8 @@ def test_packing_flags_reach_each_phase(shards, tmp_path):
     absent option leave it to the shards; False is written out (it is a value, not an absent switch).
     --dynamic_masking goes to both phases; without either option the argv is unchanged."""
     plain = [list(c.argv) for c in pretraining_plan(shards, tmp_path).commands]
-    assert not any(flag.startswith(("--enable_packed_data_mode", "--dynamic_masking")) for argv in plain for flag in argv)
+    new_flags = ("--enable_packed_data_mode", "--dynamic_masking")
+    assert not any(flag.startswith(new_flags) for argv in plain for flag in argv)
     plan = pretraining_plan(shards, tmp_path, "--enable_packed_data_mode", "None", "true", "--dynamic_masking")
     one, two = (flags_of(c) for c in plan.commands)
     assert (one.enable_packed_data_mode, two.enable_packed_data_mode) == (None, "True")

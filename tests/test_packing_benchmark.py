@@ -76,6 +76,9 @@ def test_histogram_cuts_follow_the_histogram_and_stay_valid_shards(tmp_path):
     assert (cut["input_ids"][np.arange(len(lengths)), lengths - 1] == SEP).all()
     masked = cut["masked_lm_positions"]
     assert ((masked < (lengths - 1)[:, None]) | (masked == 0)).all() and (masked > 0).any(axis=1).mean() > 0.9
+    kept = (masked > 0).sum(axis=1)  # BERT's count for the new length at most (packs fit their P+K slots)
+    assert (kept <= np.minimum(10, np.maximum(1, np.rint(0.15 * lengths)))).all()
+    assert (kept == np.minimum(10, np.maximum(1, np.rint(0.15 * lengths)))).mean() > 0.5
     path = tmp_path / "cut_training_0.hdf5"
     with ShardWriter(path, len(lengths), seq_len, 10) as writer:
         writer.write(0, cut)
