@@ -3,6 +3,7 @@
     python -m benchmarks.packing_throughput                  # CPU: mini and base at 512/80 and 128/20
     python -m benchmarks.packing_throughput --quick          # a smoke run (tiny model, two cases, 2 steps)
     python -m benchmarks.packing_throughput --device cuda    # BERT-Large bf16 phase 2 (512/80), the GPU check
+    python -m benchmarks.packing_throughput --models mini --seq_lens 512 --work_dir /tmp/packing  # a subset
 
 Data (made once under --work_dir: a temporary folder by default; given, it is kept and reused):
   wikipedia  ../shared/data/wikipedia_sample through this project's pipeline: data.prepare text_formatting,
@@ -45,7 +46,7 @@ import torch
 from benchmarks.pretraining_throughput import synchronize, timed
 from central.device import autocast, compile_for_mode
 from central.host_allocator import retain_freed_memory
-from data.hdf5_shards import FEATURES, ShardWriter
+from data.hdf5_shards import ShardWriter
 from data.packed_format import SampleTable, metadata_path, split_pack
 from pretraining.attention import attention_for_device
 from pretraining.bert_config import PRESETS, count_vocab

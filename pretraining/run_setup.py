@@ -22,8 +22,8 @@ from pretraining.config import PretrainingConfig
 from pretraining.dynamic_masking import MaskingRule, rule_for_vocab
 from pretraining.model_names import ModelKind, resolve_model_name
 from pretraining.phases import micro_batch
-from pretraining.shard_layout import (SamplesPerRow, ShardError, ShardShape, check_layout, list_training_files,
-                                      samples_per_pack, samples_per_row)
+from pretraining.shard_layout import (SamplesPerRow, ShardError, ShardShape, check_layout, detect_samples_per_pack,
+                                      list_training_files, samples_per_row)
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def plan_run(cfg: PretrainingConfig) -> RunPlan:
 
     files = list_training_files(cfg.input_dir)  # ShardError (a BadInputError) names the folder or shard
     shape = ShardShape(cfg.max_seq_length, cfg.max_predictions_per_seq, config.vocab_size,
-                       config.type_vocab_size, samples_per_pack(files))
+                       config.type_vocab_size, detect_samples_per_pack(files))
     _check_packed_mode(cfg, shape)
     for path in files:  # metadata only: a wrong folder fails now, not hours later
         check_layout(path, shape)

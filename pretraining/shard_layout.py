@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Tuple, Union
 
 import h5py
 import numpy as np
@@ -75,7 +75,7 @@ def _open(path: Path) -> h5py.File:
         raise ShardError(f"{path}: not a readable HDF5 file ({err})") from None
 
 
-def samples_per_pack(files: List[Path]) -> int:
+def detect_samples_per_pack(files: List[Path]) -> int:
     """K when the shards are packed, 0 when not; refuses a folder that holds both layouts."""
     found: Dict[bool, Tuple[Path, int]] = {}
     for path in files:
