@@ -24,10 +24,12 @@ class PretrainingConfig:
     vocab_file: Optional[str]            # vocab.txt for the HF export (None: <input_dir>/vocab.txt)
     init_checkpoint: Optional[str]       # weights (and optimizer moments) to start from
     max_seq_length: int                  # L of the shards
-    max_predictions_per_seq: int         # P of the shards (masked slots per sequence)
+    max_predictions_per_seq: int         # P of the shards (masked slots per sample)
+    enable_packed_data_mode: Optional[str]  # "True" | "False" (Habana's string flag) | None: as the shards are
+    dynamic_masking: bool                # re-mask every micro-batch (pretraining.dynamic_masking)
     # -- optimisation
-    train_batch_size: int                # sequences per optimizer step on this rank
-    gradient_accumulation_steps: int     # micro-batches per optimizer step
+    train_batch_size: int                # rows (samples, or packs) per optimizer step on this rank
+    gradient_accumulation_steps: int     # micro-batches per optimizer step (packed: see accumulation_steps)
     learning_rate: float
     max_steps: float                     # optimizer steps of this phase
     warmup_proportion: float             # fraction of max_steps
@@ -82,8 +84,27 @@ class PretrainingConfig:
 
     @property
     def micro_batch(self) -> int:
-        """Sequences per forward/backward on this rank."""
+        """Rows per forward/backward on this rank: samples, or packs of packed shards."""
         return micro_batch(self.train_batch_size, self.gradient_accumulation_steps)
+
+    @property
+    def packed_mode_requested(self) -> Optional[bool]:
+        """--enable_packed_data_mode as a bool (None: not given, the shards decide)."""
+        return None if self.enable_packed_data_mode is None else self.enable_packed_data_mode == "True"
+
+    def accumulation_steps(self, samples_per_row: float = 1.0) -> int:
+        """Micro-batches per optimizer step, for data holding ``samples_per_row`` samples per row on average.
+
+        The rule (Habana's for packed data): the micro-batch counts rows, so with packs of p samples on
+        average (p = the packer's avg_seq_per_sample) accumulation becomes max(1, round(gas / p)), and an
+        optimizer step still sees about micro_batch x gas samples, in fewer micro-steps. Learning rate,
+        warm-up and max_steps stay as given. Unpacked data (p = 1) keeps --gradient_accumulation_steps.
+        When gas / p rounds to 0 (e.g. no accumulation), one micro-batch of packs is a step: about p
+        times the samples of an unpacked step (the run says so in its log).
+        """
+        if samples_per_row == 1.0:
+            return self.gradient_accumulation_steps
+        return max(1, round(self.gradient_accumulation_steps / samples_per_row))
 
     @property
     def log_every(self) -> int:

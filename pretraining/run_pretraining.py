@@ -21,6 +21,14 @@ from central.errors import run_main
 from pretraining.phases import PHASES, SCRIPT_PHASE_OPTIONS, phase_default
 
 
+def packed_data_mode(text: str) -> str:
+    """--enable_packed_data_mode's value, spelled as Habana's string flag takes it: "True" or "False"."""
+    words = {"true": "True", "1": "True", "yes": "True", "false": "False", "0": "False", "no": "False"}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected True or False")
+    return words[text.lower()]
+
+
 class PhaseDefaultsParser(argparse.ArgumentParser):
     """Fills the phase-dependent options the command line left out with phase 1's or (--phase2) phase 2's value."""
 
@@ -61,12 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_predictions_per_seq", type=whole_number, default=None,
                         help="masked positions per sequence in the shards")
     parser.add_argument("--vocab_file", default=None,
-                        help="vocab.txt copied into the HF export (default: the one beside the shards)")
+                        help="vocab.txt copied into the HF export and read by --dynamic_masking (default: the "
+                             "one beside the shards)")
+    parser.add_argument("--enable_packed_data_mode", type=packed_data_mode, nargs="?", const="True", default=None,
+                        metavar="True|False",
+                        help="Habana's flag: True = the shards must be packed (data.pack_pretraining_data), False "
+                             "= unpacked; a value the shards contradict is refused (default: read the shards as "
+                             "they are: packed ones hold next_sentence_positions)")
+    parser.add_argument("--dynamic_masking", action="store_true",
+                        help="mask every micro-batch afresh from the shards' original tokens (RoBERTa-style), "
+                             "seeded from its place in the data so that a resumed run repeats it; needs the "
+                             "shards' vocab.txt (--vocab_file or <input_dir>/vocab.txt)")
     # Optimisation.
     parser.add_argument("--train_batch_size", type=whole_number, default=None,
-                        help="sequences per optimizer step on this rank: micro-batch x --gradient_accumulation_steps")
+                        help="sequences per optimizer step on this rank: micro-batch x --gradient_accumulation_steps "
+                             "(packed shards: the micro-batch counts packs)")
     parser.add_argument("--gradient_accumulation_steps", type=whole_number, default=1,
-                        help="micro-batches per optimizer step")
+                        help="micro-batches per optimizer step (packed shards: divided by the samples per pack, "
+                             "so that a step sees about as many samples)")
     parser.add_argument("--learning_rate", type=float, default=None, help="peak LAMB learning rate")
     parser.add_argument("--max_steps", type=whole_number, default=None, help="optimizer steps of the phase")
     parser.add_argument("--warmup_proportion", type=float, default=None, help="warm-up as a fraction of --max_steps")

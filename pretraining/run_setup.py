@@ -2,7 +2,9 @@
 
 Everything a user can get wrong (model config, vocab, data folder, shard layout, batch arithmetic,
 output folder) is checked here and reported as a ``BadInputError``: one line naming the input,
-exit status 2, before a model is built or a device is touched.
+exit status 2, before a model is built or a device is touched. What the data decides is resolved here
+too: packed or not (the shards say; --enable_packed_data_mode may only confirm it), the samples per row
+and so the accumulation steps (``PretrainingConfig.accumulation_steps``), the dynamic-masking rule.
 """
 from __future__ import annotations
 
@@ -14,24 +16,52 @@ from typing import List, Optional, Tuple
 
 from central.checkpoint import list_checkpoints
 from central.errors import BadInputError
+from data.vocab import load_vocab
 from pretraining.bert_config import PRESETS, BertConfig, count_vocab
 from pretraining.config import PretrainingConfig
-from pretraining.dataset import ShardShape, check_layout, list_training_files
+from pretraining.dynamic_masking import MaskingRule, rule_for_vocab
 from pretraining.model_names import ModelKind, resolve_model_name
 from pretraining.phases import micro_batch
+from pretraining.shard_layout import (SamplesPerRow, ShardError, ShardShape, check_layout, detect_samples_per_pack,
+                                      list_training_files, samples_per_row)
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a checked config names, resolved: the model shape, the vocab and the shards."""
+    """What a checked config names, resolved: the model shape, the vocab, the shards and what they imply."""
     model_config: BertConfig
     vocab_file: Optional[Path]     # copied into the HF export (None: no export)
     files: List[Path]              # every training shard, sorted
-    shape: ShardShape
+    shape: ShardShape              # shape.packed: the shards are packed
+    samples_per_row: SamplesPerRow  # 1 unpacked; the packs' average
+    accumulation_steps: int        # micro-batches per optimizer step (PretrainingConfig.accumulation_steps)
+    masking: Optional[MaskingRule] = None  # --dynamic_masking
 
     @property
     def file_names(self) -> List[str]:
         return [path.name for path in self.files]
+
+    def samples_per_step(self, micro_batch: int, world_size: int) -> float:
+        """Samples one optimizer step sees over all ranks (expected: packs hold a varying number)."""
+        return micro_batch * self.accumulation_steps * self.samples_per_row.value * world_size
+
+    def data_parameters(self, micro_batch: int, world_size: int) -> dict:
+        """What the data makes of the batch, for the log's PARAMETER record."""
+        return {"packed_data": self.shape.packed, "samples_per_row": self.samples_per_row.value,
+                "samples_per_optimizer_step": self.samples_per_step(micro_batch, world_size),
+                "dynamic_masking": self.masking is not None}
+
+    def packing_line(self, cfg: PretrainingConfig, world_size: int) -> str:
+        """One line on how packed data changes the step (the accumulation rule applied)."""
+        expected = self.samples_per_step(cfg.micro_batch, world_size)
+        line = (f"packed shards: {self.samples_per_row.line}; micro-batch {cfg.micro_batch} packs, accumulation "
+                f"{self.accumulation_steps} (--gradient_accumulation_steps {cfg.gradient_accumulation_steps} / "
+                f"{self.samples_per_row.value:.2f}, rounded): about {expected:.0f} samples per optimizer step over "
+                f"all ranks, {cfg.train_batch_size * world_size} unpacked")
+        if expected > 1.5 * cfg.train_batch_size * world_size:
+            line += ("; warning: fewer micro-batches are impossible, so each step sees more samples than the "
+                     "unpacked batch (raise --gradient_accumulation_steps with a smaller micro-batch to keep it)")
+        return line
 
 
 def resolve_config(config_file: str, vocab_file: Optional[str], input_dir: str) -> Tuple[BertConfig, Optional[Path]]:
@@ -100,11 +130,14 @@ def plan_run(cfg: PretrainingConfig) -> RunPlan:
     if cfg.phase2 and cfg.phase1_end_step < 0:
         raise BadInputError(f"--phase1_end_step {cfg.phase1_end_step}: must not be negative")
 
-    shape = ShardShape(cfg.max_seq_length, cfg.max_predictions_per_seq, config.vocab_size,
-                       config.type_vocab_size)
     files = list_training_files(cfg.input_dir)  # ShardError (a BadInputError) names the folder or shard
+    shape = ShardShape(cfg.max_seq_length, cfg.max_predictions_per_seq, config.vocab_size,
+                       config.type_vocab_size, detect_samples_per_pack(files))
+    _check_packed_mode(cfg, shape)
     for path in files:  # metadata only: a wrong folder fails now, not hours later
         check_layout(path, shape)
+    per_row = samples_per_row(cfg.input_dir, files, shape)
+    masking = _masking_rule(cfg, vocab) if cfg.dynamic_masking else None
 
     output_dir = cfg.checkpoint_dir
     _check_writable(output_dir)
@@ -114,4 +147,23 @@ def plan_run(cfg: PretrainingConfig) -> RunPlan:
         raise BadInputError(f"--output_dir {output_dir} already holds checkpoints (newest {existing[-1][1].name}): "
                             f"add --resume_from_checkpoint to continue them, or use an empty folder")
     _check_writable(cfg.hf_export_root, "--hf_export_dir")
-    return RunPlan(model_config=config, vocab_file=vocab, files=files, shape=shape)
+    return RunPlan(model_config=config, vocab_file=vocab, files=files, shape=shape, samples_per_row=per_row,
+                   accumulation_steps=cfg.accumulation_steps(per_row.value), masking=masking)
+
+
+def _check_packed_mode(cfg: PretrainingConfig, shape: ShardShape) -> None:
+    """--enable_packed_data_mode may say what the shards are, never the opposite."""
+    wanted = cfg.packed_mode_requested
+    if wanted is not None and wanted != shape.packed:
+        found = "packed" if shape.packed else "unpacked (no next_sentence_positions)"
+        hint = ("pack them with python -m data.pack_pretraining_data, or" if wanted else "give the unpacked folder, or")
+        raise ShardError(f"--enable_packed_data_mode {cfg.enable_packed_data_mode}: the shards in {cfg.input_dir} "
+                         f"are {found}; {hint} leave the flag out to read them as they are")
+
+
+def _masking_rule(cfg: PretrainingConfig, vocab: Optional[Path]) -> MaskingRule:
+    """--dynamic_masking draws from the vocab the shards were made with: its size and special ids."""
+    if vocab is None:
+        raise BadInputError(f"--dynamic_masking needs the vocab the shards were made with: give --vocab_file or "
+                            f"put its vocab.txt in {cfg.input_dir}")
+    return rule_for_vocab(load_vocab(vocab), cfg.max_predictions_per_seq)  # load_vocab: bad input in one line

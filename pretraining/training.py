@@ -14,6 +14,7 @@ a checkpoint (so a phase chain does not go on). Bad input (BadInputError, 2) and
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -30,6 +31,7 @@ from central.errors import RuntimeFailure
 from central.gradient_sync import DDPSettings, GradientSync
 from central.runtime import Runtime, runtime_session, seed_everything
 from central.stop_signals import StopSignals
+from pretraining.attention import attention_for_device
 from pretraining.checkpointing import (StartPoint, build_checkpoint, capture_rng_state, gather_rank_states,
                                        load_start_point, restore_rng_state, save_checkpoint)
 from pretraining.config import PretrainingConfig
@@ -70,6 +72,7 @@ class Session:
     consecutive_skips: int = 0
     saved_at: int = -1
     checksums: Optional[TextIO] = None
+    accumulation_steps: int = 1     # micro-batches per optimizer step (RunPlan: packed data divides them)
 
     def close(self) -> None:
         self.data.close()
@@ -130,14 +133,13 @@ def train_loop(cfg: PretrainingConfig, plan: RunPlan, s: Session, e2e_start: flo
 
 def accumulate_gradients(cfg: PretrainingConfig, s: Session) -> torch.Tensor:
     """Forward and backward over the step's micro-batches; returns their mean loss (0-dim, on device)."""
-    device, accumulation = s.runtime.device, cfg.gradient_accumulation_steps
+    device, accumulation = s.runtime.device, s.accumulation_steps
     total = torch.zeros((), device=device)
     for micro in range(accumulation):
-        batch = next(s.data).to(device)  # ids/masks [B, L], masked slots [B, P], labels [B]
+        inputs, packed_inputs = next(s.data).to(device).model_inputs()  # dataset.PretrainingBatch: shapes there
         with s.sync.micro_step(boundary=micro == accumulation - 1):
             with autocast(s.runtime.kind, s.runtime.precision):
-                loss, _, _ = s.forward(batch.input_ids, batch.segment_ids, batch.input_mask, batch.masked_lm_positions,
-                                       batch.masked_lm_ids, batch.next_sentence_labels)  # MLM + NSP loss, 0-dim
+                loss, _, _ = s.forward(*inputs, **packed_inputs)  # MLM + NSP loss, 0-dim
             loss = loss / accumulation
             loss.backward()
         mark_step(s.runtime.kind, s.runtime.mode)
@@ -223,6 +225,9 @@ def build_session(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, fault
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = BertForPreTraining(plan.model_config).to(runtime.device)
+    attention, attention_line = attention_for_device(runtime.kind, runtime.precision,
+                                                     plan.model_config.attention_probs_dropout_prob)
+    model.kernels = dataclasses.replace(model.kernels, attention=attention)  # packed batches: varlen on CUDA
     if runtime.kind == "cpu" and runtime.mode == "eager":
         use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (pretraining/cpu_kernels.py)
     optimizer = make_lamb(lamb_param_groups(model), cfg.learning_rate, runtime.kind, cfg.use_fused_lamb)
@@ -236,37 +241,43 @@ def build_session(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, fault
     model.train()
     forward = faults.wrap_forward(compile_for_mode(sync.module, runtime.kind, runtime.mode),
                                   first_step=cfg.step_offset + start.phase_step + 1,
-                                  accumulation=cfg.gradient_accumulation_steps)
+                                  accumulation=plan.accumulation_steps)
 
     rank_state = start.rank_state or {}
     position = DataPosition.from_dict(rank_state["data_position"]) if "data_position" in rank_state else None
-    data = ShardStream(plan.files, plan.shape, cfg.micro_batch, cfg.seed, rank, world_size, position)
+    data = ShardStream(plan.files, plan.shape, cfg.micro_batch, cfg.seed, rank, world_size, position,
+                       masking=plan.masking, pin_memory=runtime.kind == "cuda")
     if "rng" in rank_state:
         restore_rng_state(rank_state["rng"])
     else:  # dropout streams differ per rank, as the reference seeds them
         seed_everything(cfg.seed + rank)
 
-    log = open_training_log(cfg, plan, runtime, start, sync)
+    log = open_training_log(cfg, plan, runtime, start, sync, data, attention_line)
     checksums = None
     if cfg.log_param_checksum:
         checksums = open(cfg.checkpoint_dir / f"param_checksums.rank{rank}.txt", "a", encoding="utf-8")
     return Session(runtime, model, forward, optimizer, scheduler, sync, data, log, start,
                    write_file=faults.wrap_checkpoint_writer(save_torch_file), phase_step=start.phase_step,
-                   skipped_steps=start.skipped_steps, saved_at=start.phase_step, checksums=checksums)
+                   skipped_steps=start.skipped_steps, saved_at=start.phase_step, checksums=checksums,
+                   accumulation_steps=plan.accumulation_steps)
 
 
 def open_training_log(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, start: StartPoint,
-                      sync: GradientSync) -> TrainingLog:
+                      sync: GradientSync, data: ShardStream, attention_line: str) -> TrainingLog:
     """The DLLogger file and progress bar of the phase, with its PARAMETER record written."""
-    log = TrainingLog(cfg.json_summary, runtime.is_main, cfg.train_batch_size, cfg.log_every, cfg.phase_steps,
-                      start.phase_step, show_progress=not cfg.disable_progress_bar)
+    world_size = runtime.dist.world_size
+    log = TrainingLog(cfg.json_summary, runtime.is_main, data.counts, cfg.log_every, cfg.phase_steps,
+                      start.phase_step, show_progress=not cfg.disable_progress_bar, packed=plan.shape.packed)
     log.parameters({"Config": cfg.to_dict(), "SEED": cfg.seed, "train_start": start.description,
-                    "batch_size_per_pu": cfg.micro_batch, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-                    "world_size": runtime.dist.world_size, "learning_rate": cfg.learning_rate, "phase": cfg.phase,
+                    "batch_size_per_pu": cfg.micro_batch, "gradient_accumulation_steps": plan.accumulation_steps,
+                    "world_size": world_size, "learning_rate": cfg.learning_rate, "phase": cfg.phase,
                     "device": runtime.kind, "mode": runtime.mode, "precision": runtime.precision,
                     "gradient_allreduce": sync.describe(), "allreduce_dtype": sync.allreduce_dtype,
-                    "model_config": plan.model_config.to_dict()})
+                    "model_config": plan.model_config.to_dict(), **plan.data_parameters(cfg.micro_batch, world_size)})
     log.note(f"phase {cfg.phase}: {start.description}")
+    if plan.shape.packed:
+        log.note(plan.packing_line(cfg, world_size))
+        log.note(attention_line)
     if runtime.dist.distributed:
         log.note(f"gradients: {sync.describe()}")
     if cfg.allreduce_post_accumulation_fp16 and not sync.bf16_allreduce:

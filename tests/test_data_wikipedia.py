@@ -132,7 +132,8 @@ def test_unreadable_dump(dump, tmp_path):
 
 
 def test_create_datasets_from_start_builds_both_phases(dump, shared_data, tmp_path, child_env):
-    """The whole script, offline: the dump and its sha1 list come from file:// URLs."""
+    """The whole script, offline: the dump and its sha1 list come from file:// URLs. Phase 2 is also
+    packed (PACK=1 by default) into a sibling folder the trainer reads as it is."""
     sha1 = hashlib.sha1(dump.read_bytes()).hexdigest()
     (dump.parent / "enwiki-20240101-sha1sums.txt").write_text(
         f"{'0' * 40}  enwiki-20240101-pages-articles-multistream.xml.bz2\n{sha1}  {dump.name}\n")
@@ -157,3 +158,12 @@ def test_create_datasets_from_start_builds_both_phases(dump, shared_data, tmp_pa
             assert n > 50 and handle["input_ids"].shape == (n, seq_len)
             assert handle["masked_lm_positions"].shape == (n, max_pred)
             assert handle["input_mask"][()].sum(1).max() <= seq_len
+        packed = folder.with_name("wikicorpus_en_packed")  # PACK=1 (default): phase 2 only
+        assert packed.is_dir() == (seq_len == 512)
+        if packed.is_dir():
+            assert sorted(p.name for p in packed.iterdir()) == ["vocab.txt", "wikicorpus_en_training_0.hdf5",
+                                                                "wikicorpus_en_training_1.hdf5"]
+            with h5py.File(packed / "wikicorpus_en_training_0.hdf5", "r") as handle:
+                assert handle["next_sentence_positions"].shape[1] == 3
+                assert handle["masked_lm_positions"].shape[1] == max_pred + 3
+            assert folder.with_name("wikicorpus_en_packed_metadata.json").is_file()

@@ -25,6 +25,7 @@ DOCUMENTED = [
     ("finetuning.run_glue", "finetuning/run_glue.py"),
     ("data.create_pretraining_data", "data/create_pretraining_data.py"),
     ("data.prepare", "data/prepare.py"),
+    ("data.pack_pretraining_data", "data/pack_pretraining_data.py"),
     ("data.vocab", "data/vocab.py"),
     ("data.builtin.generate", "data/builtin/generate.py"),
     ("data.quickstart", "data/quickstart.py"),

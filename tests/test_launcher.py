@@ -393,3 +393,22 @@ def test_build_plan_takes_the_machines_facts_and_starts_nothing(shards, tmp_path
     assert "--allow-run-as-root" in root.commands[0].argv and "--oversubscribe" in root.commands[0].argv
     with pytest.raises(LaunchError, match="mpirun is not on PATH"):
         build_plan(args, Machine("cpu"), environ={}, repo_root="/repo", python="py")
+
+
+def test_packing_flags_reach_each_phase(shards, tmp_path):
+    """--enable_packed_data_mode is per phase (phase 1 is usually unpacked, phase 2 packed); None and an
+    absent option leave it to the shards; False is written out (it is a value, not an absent switch).
+    --dynamic_masking goes to both phases; without either option the argv is unchanged."""
+    plain = [list(c.argv) for c in pretraining_plan(shards, tmp_path).commands]
+    new_flags = ("--enable_packed_data_mode", "--dynamic_masking")
+    assert not any(flag.startswith(new_flags) for argv in plain for flag in argv)
+    plan = pretraining_plan(shards, tmp_path, "--enable_packed_data_mode", "None", "true", "--dynamic_masking")
+    one, two = (flags_of(c) for c in plan.commands)
+    assert (one.enable_packed_data_mode, two.enable_packed_data_mode) == (None, "True")
+    assert one.dynamic_masking and two.dynamic_masking
+    plan = pretraining_plan(shards, tmp_path, "--enable_packed_data_mode", "False", "True")
+    assert "--enable_packed_data_mode=False" in split_script(list(plan.commands[0].argv))[2]
+    assert [flags_of(c).enable_packed_data_mode for c in plan.commands] == ["False", "True"]
+    with pytest.raises(SystemExit):
+        parse("pretraining", "--model_name_or_path", "tiny", "--data_type", "fp32", "--enable_packed_data_mode",
+              "True", "maybe")

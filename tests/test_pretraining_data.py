@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from data.vocab import load_vocab
 from pretraining import dataset as ds
 from pretraining.dataset import (DataPosition, ShardError, ShardShape, ShardStream, epoch_file_order,
                                  list_training_files, load_shard, rank_file, slots_per_epoch)
+from pretraining.dynamic_masking import restore_original, rule_for_vocab
 from pretraining.run_pretraining import main
 from pretraining_runs import single_thread  # noqa: F401  (autouse fixture)
-from pretraining_shards import VOCAB_SIZE, make_dataset, shard_arrays, write_shard
+from pretraining_shards import VOCAB_SIZE, make_dataset, make_packed_dataset, shard_arrays, write_shard
 
 SHAPE = ShardShape(max_seq_length=32, max_predictions=5, vocab_size=VOCAB_SIZE)
 
@@ -39,12 +41,19 @@ def test_each_rank_reads_its_own_files_once_per_epoch():
     assert epoch_file_order(files, 7, 0) == epoch_file_order(list(files), 7, 0)  # deterministic
 
 
-def test_arrays_stay_compact_and_batches_are_int64(tmp_path):
+def test_arrays_stay_compact_on_the_host_and_become_int64_on_the_device(tmp_path):
+    """Issue 22 finding 9: the host keeps int32/int8 (less to copy); the device copy is widened."""
     data = make_dataset(tmp_path / "d", num_files=1, samples=10)
     arrays = load_shard(data / "wiki_training_0.hdf5", SHAPE)
     assert arrays["input_ids"].dtype == np.int32 and arrays["input_mask"].dtype == np.int8
-    batch = next(ShardStream(list_training_files(data), SHAPE, batch_size=4, seed=1))
-    assert batch.input_ids.dtype == torch.int64 and batch.input_ids.shape == (4, 32)
+    host = next(ShardStream(list_training_files(data), SHAPE, batch_size=4, seed=1))
+    assert host.input_ids.dtype == torch.int32 and host.segment_ids.dtype == torch.int8
+    assert not host.input_ids.is_pinned()  # pinned only for CUDA
+    batch = host.to(torch.device("cpu"))
+    assert all(t.dtype == torch.int64 for t in (batch.input_ids, batch.segment_ids, batch.input_mask,
+                                                 batch.masked_lm_positions, batch.masked_lm_ids,
+                                                 batch.next_sentence_labels))
+    assert torch.equal(batch.input_ids, host.input_ids.long()) and batch.input_ids.shape == (4, 32)
     assert batch.masked_lm_positions.shape == (4, 5) and batch.next_sentence_labels.shape == (4,)
     # every row of the batch is a row of the file (with its own labels)
     rows = {tuple(r) for r in arrays["input_ids"].tolist()}
@@ -127,7 +136,7 @@ def _broken(tmp_path, mutate):
     (lambda a: a.update(input_ids=a["input_ids"][:, :16]), "'input_ids' has shape \\[6, 16\\], expected \\[N, 32\\]"),
     (lambda a: a.update(masked_lm_positions=a["masked_lm_positions"][:, :3]), "'masked_lm_positions' has shape"),
     (lambda a: a.update(segment_ids=a["segment_ids"].astype(np.float32)), "'segment_ids' must be an integer"),
-    (lambda a: a.update(next_sentence_labels=a["next_sentence_labels"][:4]), "has 4 samples but"),
+    (lambda a: a.update(next_sentence_labels=a["next_sentence_labels"][:4]), "has 4 rows but"),
 ])
 def test_layout_errors_name_the_file(tmp_path, mutate, message):
     path = _broken(tmp_path, mutate)
@@ -186,3 +195,80 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err
     assert not list((tmp_path / "out").glob("ckpt/ckpt_*.pt"))
+
+
+# -- dynamic masking and the host side of the batch path -------------------------------------------------------
+def _by_original_tokens(batches):
+    """{a row's original tokens (masks undone): its masked positions} over the batches."""
+    found = {}
+    for batch in batches:
+        positions = batch.masked_lm_positions.numpy()
+        original = restore_original(batch.input_ids.numpy(), positions, batch.masked_lm_ids.numpy())
+        for row in range(len(original)):
+            found[original[row].tobytes()] = positions[row].copy()
+    return found
+
+
+def _rule(data, max_predictions):
+    return rule_for_vocab(load_vocab(data / "vocab.txt"), max_predictions)
+
+
+def test_dynamic_masking_draws_new_masks_each_epoch_from_the_same_tokens(tmp_path):
+    data = make_dataset(tmp_path / "d", num_files=1, samples=12, min_length=16, bert_counts=True)
+    files, rule = list_training_files(data), _rule(data, 5)
+    dynamic = ShardStream(files, SHAPE, 4, seed=1, masking=rule)
+    epoch0, epoch1 = _by_original_tokens(take(dynamic, 3)), _by_original_tokens(take(dynamic, 3))
+    static = _by_original_tokens(take(ShardStream(files, SHAPE, 4, seed=1), 3))
+    assert epoch0.keys() == epoch1.keys() == static.keys() and len(static) == 12  # the same samples and tokens
+    assert sum(not np.array_equal(epoch0[row], epoch1[row]) for row in epoch0) >= 9  # new masks each epoch
+    assert sum(not np.array_equal(epoch0[row], static[row]) for row in epoch0) >= 9
+    again = ShardStream(files, SHAPE, 4, seed=1, masking=rule)
+    assert all(np.array_equal(epoch0[row], mask) for row, mask in _by_original_tokens(take(again, 3)).items())
+
+
+def test_dynamic_masking_of_packed_rows_masks_each_sample_on_its_own(tmp_path):
+    unpacked = make_dataset(tmp_path / "u", num_files=1, samples=30, seq_len=64, max_pred=10, min_length=8,
+                            bert_counts=True)
+    packed = make_packed_dataset(unpacked, tmp_path / "p", 64, 10)
+    shape = ShardShape(64, 10, VOCAB_SIZE, samples_per_pack=3)
+    stream = ShardStream(list_training_files(packed), shape, 4, seed=2, masking=_rule(unpacked, 10))
+    checked = 0
+    for batch in take(stream, 4):
+        positions, mask = batch.masked_lm_positions.numpy(), batch.input_mask.numpy()
+        original = restore_original(batch.input_ids.numpy(), positions, batch.masked_lm_ids.numpy())
+        for row in range(len(positions)):
+            used = positions[row][positions[row] > 0]
+            assert np.all(np.diff(used) > 0)  # ascending, as the packed format stores them
+            assert not np.isin(original[row, used], (0, 2, 3)).any()  # never [PAD], [CLS], [SEP]
+            for sample in range(1, int(mask[row].max()) + 1):
+                length = int((mask[row] == sample).sum())
+                mine = int((mask[row, used] == sample).sum())
+                assert mine == min(10, max(1, round(0.15 * length)))  # BERT's count, per sample
+                checked += 1
+    assert checked > 16
+
+
+def test_cuda_batches_are_pinned_in_the_prefetch_thread(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "d", num_files=2, samples=8)
+    pinned_in_main = []
+
+    def record_pin(tensor):
+        pinned_in_main.append(threading.current_thread() is threading.main_thread())
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", record_pin)  # a CPU-only torch cannot pin
+    take(ShardStream(list_training_files(data), SHAPE, 4, seed=0), 1)
+    assert pinned_in_main == []
+    stream = ShardStream(list_training_files(data), SHAPE, 4, seed=0, pin_memory=True)
+    take(stream, 1)
+    stream._pending[(0, 1)].result()
+    assert pinned_in_main == [False] * 12  # 6 datasets of 2 files, off the training thread
+    stream.close()
+
+
+def test_the_host_knows_which_unpacked_batches_have_padding(tmp_path):
+    full = make_dataset(tmp_path / "full", num_files=1, samples=8, min_length=32)
+    assert all(b.input_mask is None for b in take(ShardStream(list_training_files(full), SHAPE, 4, seed=0), 2))
+    mixed = make_dataset(tmp_path / "mixed", num_files=1, samples=8, min_length=8)
+    batches = take(ShardStream(list_training_files(mixed), SHAPE, 4, seed=0), 2)
+    assert all(b.input_mask is not None and (b.input_mask == 0).any() for b in batches)
