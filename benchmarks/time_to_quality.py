@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ours_lr", type=float, default=1e-2, help="peak LAMB learning rate")
     add("--ours_warmup", type=float, default=0.06)
     add("--ours_steps", type=int, default=0, help="max_steps of ours (0: from the probe and the budget)")
+    add("--ours_pack", type=int, choices=(0, 1), default=1,
+        help="ours trains on packed shards (create_hdf5_files --pack 1; default 1)")
+    add("--ours_dynamic_masking", type=int, choices=(0, 1), default=0, help="ours re-masks every micro-batch")
     add("--dupe_factor", type=int, default=5, help="static maskings of the text (create_hdf5_files)")
     add("--shards", type=int, default=0, help="HDF5 training shards (0: --threads)")
     add("--hf_batch", type=int, default=32)
@@ -267,10 +270,10 @@ def text_stage(args, run_dir: Path) -> Tuple[Dict[str, np.ndarray], dict]:
 def pretraining_stage(args, run_dir: Path, budget_s: float, checkpoint_s: float):
     """Data preparation (timed) and the budgeted runs of the chosen sides: (runs, prep seconds)."""
     logs, hf_data = run_dir / "logs", run_dir / "hf" / "blocks.npz"
-    recipes = {"ours": Recipe(args.ours_batch, args.ours_lr, args.ours_warmup),
+    recipes = {"ours": Recipe(args.ours_batch, args.ours_lr, args.ours_warmup, bool(args.ours_dynamic_masking)),
                "hf": Recipe(args.hf_batch, args.hf_lr, args.hf_warmup)}
     hdf5, prep_ours = timed(prepare_ours, run_dir / "corpus", run_dir / "ours_data", args.vocab_file, args.shards,
-                            args.dupe_factor, args.threads, logs)
+                            args.dupe_factor, args.threads, logs, bool(args.ours_pack))
     _, prep_hf = timed(prepare_hf, run_dir / "corpus", args.vocab_file, hf_data, args.threads, logs)
     say(f"ttq: prep ours {prep_ours:.1f} s (data.prepare, dupe_factor {args.dupe_factor}, {args.shards} shards: {hdf5}); "
         f"hf {prep_hf:.1f} s (tokenize + chunk)")

@@ -40,10 +40,11 @@ class StageFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """One side's optimisation knobs."""
+    """One side's optimisation knobs (packing and dynamic masking: ours only)."""
     batch_size: int
     learning_rate: float
     warmup_proportion: float
+    dynamic_masking: bool = False
 
 
 @dataclass
@@ -110,8 +111,9 @@ def run_logged(argv: List[str], env: Dict[str, str], log: Path, deadline: float 
 
 # ---------------------------------------------------------------------------------------------- ours
 def prepare_ours(corpus: Path, work_dir: Path, vocab_file: Path, shards: int, dupe_factor: int, threads: int,
-                 logs: Path) -> Path:
-    """The three data.prepare stages a user runs for their own corpus; returns the HDF5 folder."""
+                 logs: Path, pack: bool = False) -> Path:
+    """The three data.prepare stages a user runs for their own corpus; returns the HDF5 folder the
+    trainer reads (with ``pack``, the packed sibling that ``create_hdf5_files --pack 1`` writes)."""
     env = child_env(threads)
     common = ["--dataset", "custom", "--working_dir", str(work_dir)]
     split = ["--n_training_shards", str(shards), "--n_test_shards", "0", "--fraction_test_set", "0"]
@@ -120,9 +122,9 @@ def prepare_ours(corpus: Path, work_dir: Path, vocab_file: Path, shards: int, du
     run_logged(python + ["--action", "sharding"] + common + split, env, logs / "ours_prepare.log")
     run_logged(python + ["--action", "create_hdf5_files"] + common + split + [
         "--max_seq_length", "128", "--max_predictions_per_seq", "20", "--vocab_file", str(vocab_file),
-        "--do_lower_case", "1", "--dupe_factor", str(dupe_factor), "--n_processes", str(threads)],
-        env, logs / "ours_prepare.log")
-    folders = sorted(work_dir.glob("hdf5_lower_case_1_seq_len_128_*/custom"))
+        "--do_lower_case", "1", "--dupe_factor", str(dupe_factor), "--n_processes", str(threads),
+        "--pack", "1" if pack else "0"], env, logs / "ours_prepare.log")
+    folders = sorted(work_dir.glob(f"hdf5_lower_case_1_seq_len_128_*/custom{'_packed' if pack else ''}"))
     if len(folders) != 1:
         raise StageFailed(f"expected one HDF5 folder under {work_dir}, found {folders}")
     return folders[0]
@@ -138,7 +140,8 @@ def ours_argv(hdf5_dir: Path, out_dir: Path, recipe: Recipe, max_steps: int, sav
             "--data_dir", *pair(hdf5_dir), "--batch_size", *pair(recipe.batch_size),
             "--learning_rate", *pair(recipe.learning_rate), "--warmup", *pair(recipe.warmup_proportion),
             "--max_steps", *pair(max_steps), "--save_steps", *pair(save_steps),
-            "--max_seq_length", "128", "512", "--max_predictions_per_seq", "20", "80", "--seed", str(seed)]
+            "--max_seq_length", "128", "512", "--max_predictions_per_seq", "20", "80", "--seed", str(seed),
+            *(["--dynamic_masking"] if recipe.dynamic_masking else [])]
 
 
 def probe_ours(hdf5_dir: Path, out_dir: Path, recipe: Recipe, steps: int, seed: int, threads: int, logs: Path) -> StepRate:
