@@ -144,9 +144,14 @@ def test_fp32_matmuls_use_tf32_on_cuda_only(monkeypatch):
     assert torch.backends.cuda.matmul.allow_tf32 is True
 
 
-def test_gradient_sync_says_how_gradients_travel():
+def test_gradient_sync_says_how_gradients_travel(one_rank_group):
+    """--allreduce_post_accumulation_fp16 all-reduces in bf16, and says so (the DLLogger PARAMETER
+    record's allreduce_dtype, the rank-0 note): the reference's flag name says fp16."""
     model = torch.nn.Linear(4, 2)
     single = GradientSync(model, world_size=1, post_accumulation=True, bf16_allreduce=True)
     assert single.module is model and single.allreduce_dtype is None and "single process" in single.describe()
+    post = GradientSync(model, world_size=2, post_accumulation=True, bf16_allreduce=True)  # 2 as seen by the sync
+    assert post.allreduce_dtype == "bf16" and post.describe().endswith("after accumulation, in bf16")
+    assert GradientSync(model, world_size=2, post_accumulation=True).allreduce_dtype == "fp32"
     assert DDPSettings() == DDPSettings(bucket_cap_mb=25, gradient_as_bucket_view=False, sync_buffers=True)
     assert ddp_settings("cuda") == DDPSettings(bucket_cap_mb=25, gradient_as_bucket_view=True, sync_buffers=False)
