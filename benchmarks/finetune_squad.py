@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import sys
@@ -261,15 +262,23 @@ def main(argv=None) -> int:
     warm_up(make_model(shape, vocab, 0).to(args.device), train_inputs, args)  # one-time costs hit neither side
     ours, padded, dynamic = (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)
     best = lambda a, b: (max(a[0], b[0]), max(a[1], b[1]))  # noqa: E731 (best training, best inference rate)
+    trainer = importlib.util.find_spec("accelerate") is not None  # transformers' Trainer cannot run without it
+    if not trainer:
+        print("finetune_squad: transformers' Trainer needs accelerate, which this python lacks: ours alone",
+              flush=True)
     for _ in range(max(1, args.repeats)):  # interleaved, so a burst of load elsewhere hits every side alike
         ours = best(ours, ours_run(make_model(shape, vocab, 0).to(args.device), train_inputs, evaluation, args,
                                    args.device, clock))
-        padded = best(padded, trainer_run(make_model(shape, vocab, 0), train_inputs, evaluation.inputs, args,
-                                          args.device, True, clock))
-        dynamic = best(dynamic, trainer_run(make_model(shape, vocab, 0), train_inputs, evaluation.inputs, args,
-                                            args.device, False, clock))
+        if trainer:
+            padded = best(padded, trainer_run(make_model(shape, vocab, 0), train_inputs, evaluation.inputs, args,
+                                              args.device, True, clock))
+            dynamic = best(dynamic, trainer_run(make_model(shape, vocab, 0), train_inputs, evaluation.inputs, args,
+                                                args.device, False, clock))
     goal = " (goal >= 2x)" if args.device == "cuda" else ""
     for label, index in (("fine-tuning", 0), ("inference", 1)):
+        if not trainer:
+            print(f"squad {label} sequences/s: ours {ours[index]:.1f} (no Trainer to compare with)", flush=True)
+            continue
         print(f"squad {label} sequences/s: ours {ours[index]:.1f} vs transformers Trainer (padded to "
               f"max_seq_length, as run_qa.py) {padded[index]:.1f} -> ratio {ours[index] / padded[index]:.2f}x"
               f"{goal if index == 0 else ''}", flush=True)

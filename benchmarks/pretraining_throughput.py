@@ -302,7 +302,14 @@ def run_preset(name: str, args) -> List[str]:
         if cpu_kernels:  # as training compiles it on the CPU: without the eager CPU kernels
             compiled = BertForPreTraining(config).to(device).train()
             compiled.load_state_dict(ours.state_dict())
-        step_fns.append(ours_step_function(compiled, batch, device, precision, args.optimizer, True))
+        compiled_step = ours_step_function(compiled, batch, device, precision, args.optimizer, True)
+        try:
+            compiled_step()  # compiles here; a failure costs this line, not the eager figures
+            step_fns.append(compiled_step)
+        except Exception as err:  # noqa: BLE001 (any compiler error)
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            print(f"{name}: ours compiled FAILED to run ({type(err).__name__}: {first_line[:300]}); "
+                  "timing the others", flush=True)
     elif cpu_kernels and args.without:
         ablated = BertForPreTraining(config).to(device).train()
         ablated.load_state_dict(ours.state_dict())
@@ -323,7 +330,7 @@ def run_preset(name: str, args) -> List[str]:
         f"transformers {hf_loss:.4f}"
     ]
     timings = [("ours", True, ours_time), ("transformers", False, hf_time)]
-    if args.compile == "ours":
+    if args.compile == "ours" and third_time:
         lines.append(f"{name}: ours compiled {batch_size / third_time[0]:.2f} seq/s ({1 / third_time[0]:.3f} "
                      f"steps/s) vs transformers {batch_size / hf_time:.2f} seq/s: ratio "
                      f"{hf_time / third_time[0]:.2f}x (goal {preset.goal})")
