@@ -64,7 +64,9 @@ def test_compiled_trust_ratio_update_on_cuda_matches_eager():
             optimizer.step()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    assert optimizers[0]._compiled is not None
+    from pretraining.lamb import trust_ratio_update
+
+    assert optimizers[0]._compiled not in (None, trust_ratio_update)  # compiled, not the eager fallback
 
 
 @pytest.fixture(scope="module")
