@@ -290,3 +290,30 @@ def test_a_checkpoint_with_every_visible_gpus_state_still_resumes(monkeypatch):
     resuming.states = [torch.zeros(16, dtype=torch.uint8) for _ in range(2)]
     restore_rng_state(state)
     assert torch.equal(resuming.states[1], saving.states[1]) and not resuming.states[0].any()
+
+
+def test_pretraining_wraps_ddp_with_the_backends_settings(data, tmp_path):
+    """Pre-training's DDP (no --allreduce_post_accumulation) takes central.gradient_sync.ddp_settings: bucket
+    views, no buffer broadcast, torch's 25 MB buckets off HPU (it used Habana's 230 MB everywhere). One
+    gloo rank stands for the first of two."""
+    import torch.distributed as dist
+
+    from central.distributed import DistEnv
+    from central.runtime import Runtime
+    from pretraining.config import PretrainingConfig
+    from pretraining.fault_injection import InjectedFaults
+    from pretraining.run_pretraining import build_parser
+    from pretraining.run_setup import plan_run
+    from pretraining.training import build_session
+
+    cfg = PretrainingConfig.from_args(build_parser().parse_args(run_args(data, tmp_path / "run")))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        first_of_two = Runtime("cpu", "eager", "fp32", torch.device("cpu"), DistEnv(0, 2, 0, "torchrun"))
+        session = build_session(cfg, plan_run(cfg), first_of_two, InjectedFaults())
+        session.close()
+    finally:
+        dist.destroy_process_group()
+    ddp = session.sync.ddp
+    assert ddp is not None and ddp.gradient_as_bucket_view and not ddp.broadcast_buffers
+    assert ddp.bucket_bytes_cap == 25 << 20
