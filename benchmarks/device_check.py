@@ -245,7 +245,7 @@ def goal_lines(lines: Sequence[Tuple[str, str]]) -> List[str]:
                    f"{'met' if met else 'NOT met'}")
     else:
         out.append("phase 1: no figure")
-    packed = find("packed", r"([\d.]+) samples/s")
+    packed = find("packed", r"ours\b[^\d]*([\d.]+) samples/s") or find("packed", r"([\d.]+) samples/s")
     out.append(f"phase 2 packed: {max(packed)[0]:.0f} samples/s (goal >= 900): "
                f"{'met' if max(packed)[0] >= 900 else 'NOT met'}" if packed else "phase 2 packed: no figure")
     squad = find("squad", r"squad fine-tuning sequences/s: ours ([\d.]+) vs transformers Trainer \(padded.*?ratio ([\d.]+)x")
