@@ -21,14 +21,19 @@ model to the same rotation: ours with those CPU kernels left out, same weights, 
 extra line gives the left-out kernels' share of our step, (t_without - t_ours) / t_without, measured
 interleaved in one process, so that load from other processes hits all three alike.
 
-Presets (issue 3 item 10):
+Presets (issue 3 item 10, issue 22):
     cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x
     cpu-base        BERT-Base, seq 128, 20 predictions, batch 8, fp32                        goal >= 1.5x
-    cuda-large-128  BERT-Large, seq 128, 20 predictions, bf16, largest batch both fit        goal >= 2x, MFU >= 60%
+    cuda-large-128  BERT-Large, seq 128, 20 predictions, bf16, largest batch both fit        goal >= 2x, >= 2,000 seq/s
     cuda-large-512  BERT-Large, seq 512, 80 predictions, bf16, largest batch both fit
-CUDA presets print a skip line when no GPU is present. MFU counts the matmul FLOPs each model
-really executes (training = 3 x forward) against --peak_tflops (default 790 TFLOP/s, the bf16 peak
-the project measures MFU against).
+CUDA presets print a skip line when no GPU is present. ``--compile ours`` adds a third model to the
+rotation: ours under torch.compile (what a CUDA run of ``large`` does: its --mode lazy compiles there),
+same weights; ``--compile`` alone compiles both models instead.
+
+MFU counts the matmul FLOPs each model really executes (training = 3 x forward) against two bf16 peaks,
+both printed and labelled: the H200 SXM datasheet's dense bf16 rate (--peak_tflops, 989.4 TFLOP/s) and a
+bf16 matmul rate measured on the GPU (--measured_tflops: 790 TFLOP/s measured on the H200s this project
+used; benchmarks/device_check.py measures it on the GPU at hand and passes it on).
 """
 from __future__ import annotations
 
@@ -66,9 +71,16 @@ class Preset:
 PRESET_TABLE = {
     "cpu-mini": Preset("mini", "cpu", 128, 20, 32, "fp32", steps=8, goal="ours >= 4x"),
     "cpu-base": Preset("base", "cpu", 128, 20, 8, "fp32", steps=5, goal="ours >= 1.5x"),
-    "cuda-large-128": Preset("large", "cuda", 128, 20, None, "bf16", steps=10, goal="ours >= 2x, MFU >= 60%"),
-    "cuda-large-512": Preset("large", "cuda", 512, 80, None, "bf16", steps=10, goal="(no stated goal)"),
+    "cuda-large-128": Preset("large", "cuda", 128, 20, None, "bf16", steps=10,
+                             goal="ours >= 2x and >= 2,000 seq/s on one H200, MFU >= 60%"),
+    "cuda-large-512": Preset("large", "cuda", 512, 80, None, "bf16", steps=10,
+                             goal="none unpacked; packed >= 900 samples/s: benchmarks/packing_throughput.py"),
+    # benchmarks/device_check.py --dry_run: the CUDA presets' code path on the CPU, tiny and quick.
+    "dry-tiny-128": Preset("tiny", "cpu", 128, 20, 4, "fp32", steps=2, goal="none: a dry run"),
+    "dry-tiny-512": Preset("tiny", "cpu", 512, 80, 2, "fp32", steps=2, goal="none: a dry run"),
 }
+DATASHEET_PEAK = ("H200 SXM datasheet, dense bf16", 989.4)            # TFLOP/s
+MEASURED_PEAK = ("bf16 matmul rate measured on these H200s", 790.0)   # TFLOP/s
 
 
 def phase1_like_batch(config: BertConfig, batch: int, seq_len: int, predictions: int, seed: int = 0):
@@ -145,6 +157,7 @@ def ours_step_function(model, batch: dict, device: torch.device, precision: str,
 
 def step_functions(ours, hf, batch: dict, device: torch.device, precision: str, optimizer: str,
                    compile_models: bool) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """(ours, transformers) training steps; ``compile_models``: both under torch.compile."""
     hf_opt = make_optimizer(optimizer, hf, device)
     run_hf = torch.compile(hf) if compile_models else hf
     b = {key: value.to(device) for key, value in batch.items()}
@@ -277,47 +290,76 @@ def run_preset(name: str, args) -> List[str]:
         torch.cuda.empty_cache()
 
     ours, hf = build_models(config, device)
-    cpu_kernels = device.type == "cpu" and not args.compile  # as pretraining/training.py runs ours
+    compile_both = args.compile == "both"
+    cpu_kernels = device.type == "cpu" and not compile_both  # as pretraining/training.py runs ours
     if cpu_kernels:
         use_cpu_kernels(ours)
     batch = phase1_like_batch(config, batch_size, preset.seq_len, preset.predictions)
     ours_loss, hf_loss = eval_losses(ours, hf, batch, device, precision)
-    step_fns = list(step_functions(ours, hf, batch, device, precision, args.optimizer, args.compile))
-    if cpu_kernels and args.without:
+    step_fns = list(step_functions(ours, hf, batch, device, precision, args.optimizer, compile_both))
+    if args.compile == "ours":  # ours compiled, same weights (its own optimizer state), as a third member
+        compiled = ours
+        if cpu_kernels:  # as training compiles it on the CPU: without the eager CPU kernels
+            compiled = BertForPreTraining(config).to(device).train()
+            compiled.load_state_dict(ours.state_dict())
+        compiled_step = ours_step_function(compiled, batch, device, precision, args.optimizer, True)
+        try:
+            compiled_step()  # compiles here; a failure costs this line, not the eager figures
+            step_fns.append(compiled_step)
+        except Exception as err:  # noqa: BLE001 (any compiler error)
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            print(f"{name}: ours compiled FAILED to run ({type(err).__name__}: {first_line[:300]}); "
+                  "timing the others", flush=True)
+    elif cpu_kernels and args.without:
         ablated = BertForPreTraining(config).to(device).train()
         ablated.load_state_dict(ours.state_dict())
         use_cpu_kernels(ablated, without=args.without)
         step_fns.append(ours_step_function(ablated, batch, device, precision, args.optimizer, False))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    ours_time, hf_time, *ablated_time = interleaved_medians(step_fns, device, args.warmup, steps, clock)
+    ours_time, hf_time, *third_time = interleaved_medians(step_fns, device, args.warmup, steps, clock)
 
     where = (f"{torch.get_num_threads()} threads, {args.clock} time" if device.type == "cpu"
              else torch.cuda.get_device_name(device))
+    compiled = {"both": ", both compiled", "ours": ", ours eager and compiled"}.get(args.compile, "")
     shape = (f"{name} ({preset.model}, L={preset.seq_len}, P={preset.predictions}, batch {batch_size}, "
-             f"{precision}, {args.optimizer}{', compiled' if args.compile else ''}, {where}, median of {steps})")
+             f"{precision}, {args.optimizer}{compiled}, {where}, median of {steps})")
     lines = [
         f"{shape}: ours {batch_size / ours_time:.2f} seq/s ({1 / ours_time:.3f} steps/s) vs "
         f"transformers {batch_size / hf_time:.2f} seq/s ({1 / hf_time:.3f} steps/s): "
         f"ratio {hf_time / ours_time:.2f}x (goal {preset.goal}); eval loss ours {ours_loss:.4f} "
         f"transformers {hf_loss:.4f}"
     ]
-    if ablated_time:
+    timings = [("ours", True, ours_time), ("transformers", False, hf_time)]
+    if args.compile == "ours" and third_time:
+        lines.append(f"{name}: ours compiled {batch_size / third_time[0]:.2f} seq/s ({1 / third_time[0]:.3f} "
+                     f"steps/s) vs transformers {batch_size / hf_time:.2f} seq/s: ratio "
+                     f"{hf_time / third_time[0]:.2f}x (goal {preset.goal})")
+        timings.insert(1, ("ours compiled", True, third_time[0]))
+    elif third_time:
         without = ",".join(args.without)
-        lines.append(f"{name}: ours without {without} {ablated_time[0]:.4f} s/step vs ours {ours_time:.4f} s/step "
+        lines.append(f"{name}: ours without {without} {third_time[0]:.4f} s/step vs ours {ours_time:.4f} s/step "
                      f"(transformers {hf_time:.4f}): the left-out kernels' share of our step "
-                     f"{100 * (ablated_time[0] - ours_time) / ablated_time[0]:.1f}%, ratio without them "
-                     f"{hf_time / ablated_time[0]:.2f}x")
-    elif args.without:
+                     f"{100 * (third_time[0] - ours_time) / third_time[0]:.1f}%, ratio without them "
+                     f"{hf_time / third_time[0]:.2f}x")
+    if args.without and not (cpu_kernels and args.compile != "ours"):
         lines.append(f"{name}: --without ignored (no CPU kernels on {device.type}"
-                     f"{' with --compile' if args.compile else ''})")
+                     f"{' with --compile' if args.compile != 'none' else ''})")
     if device.type == "cuda" or args.mfu:
-        for label, is_ours, seconds in (("ours", True, ours_time), ("transformers", False, hf_time)):
-            flops = 3 * matmul_flops_per_sequence(config, preset.seq_len, preset.predictions, is_ours) * batch_size
-            mfu = flops / seconds / (args.peak_tflops * 1e12)
-            lines.append(f"{name}: {label} MFU {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s "
-                         f"({flops / seconds / 1e12:.3f} TFLOP/s executed matmul FLOPs, "
-                         f"{flops / batch_size / 1e9:.2f} GFLOP per sequence)")
+        lines += [mfu_line(name, label, config, preset, is_ours, seconds, batch_size, args)
+                  for label, is_ours, seconds in timings]
     return lines
+
+
+def mfu_line(name: str, label: str, config: BertConfig, preset: Preset, ours: bool, seconds: float,
+             batch_size: int, args) -> str:
+    """MFU of one model's step against both bf16 peaks, each labelled (module docstring)."""
+    flops = 3 * matmul_flops_per_sequence(config, preset.seq_len, preset.predictions, ours) * batch_size
+    rate = flops / seconds / 1e12  # TFLOP/s executed
+    measured_label = MEASURED_PEAK[0] if args.measured_tflops is None else "bf16 matmul rate measured on this GPU"
+    peaks = ((DATASHEET_PEAK[0], args.peak_tflops), (measured_label, args.measured_tflops or MEASURED_PEAK[1]))
+    against = " / ".join(f"{100 * rate / peak:.1f}% of {peak:g} TFLOP/s ({what})" for what, peak in peaks)
+    return (f"{name}: {label} MFU {against} ({rate:.3f} TFLOP/s executed matmul FLOPs, "
+            f"{flops / batch_size / 1e9:.2f} GFLOP per sequence)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", choices=["lamb", "adamw"], default="lamb",
                         help="the same optimizer for both models (lamb: ours, multi-tensor; adamw: torch fused)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="override the preset's")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--compile", nargs="?", const="both", default="none", choices=["none", "ours", "both"],
+                        help="torch.compile both models (--compile), or add ours compiled to the rotation "
+                             "(--compile ours)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU presets)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time instead of wall time; with --threads 1 it stays "
@@ -344,7 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU presets: also time ours without these CPU kernels (comma-separated: "
                              f"{', '.join(KERNEL_NAMES)}, or all), interleaved with the others")
     parser.add_argument("--mfu", action="store_true", help="also print MFU lines for CPU presets")
-    parser.add_argument("--peak_tflops", type=float, default=790.0, help="peak FLOP rate for MFU, in TFLOP/s")
+    parser.add_argument("--peak_tflops", type=float, default=DATASHEET_PEAK[1],
+                        help=f"datasheet bf16 peak for MFU, TFLOP/s (default: {DATASHEET_PEAK[0]})")
+    parser.add_argument("--measured_tflops", type=float, default=None,
+                        help=f"measured bf16 matmul rate for MFU, TFLOP/s (default {MEASURED_PEAK[1]:g}: "
+                             f"{MEASURED_PEAK[0]})")
     return parser
 
 

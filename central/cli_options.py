@@ -38,7 +38,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                         help="auto picks hpu if the Habana stack imports, else cuda if available, else cpu")
     parser.add_argument("--mode", choices=MODE_CHOICES, default="eager",
-                        help="execution mode: eager, graph (compiled) or lazy (HPU; elsewhere it runs eager)")
+                        help="execution mode: eager, graph (compiled) or lazy (HPU's; CUDA compiles it as graph, "
+                             "the CPU runs it eager)")
     parser.add_argument("--data_type", choices=PRECISION_CHOICES, default="fp32", help="fp32, or bf16 autocast")
     parser.add_argument("--local_rank", type=whole_number, default=int(os.environ.get("LOCAL_RANK", -1)),
                         help="set by the launcher; read from the environment otherwise")

@@ -6,15 +6,20 @@ Model code never imports this module; the training scripts ask it for a device, 
 stand-in module of their own under the same names).
 
 Table (DESIGN.md):
-    mode   | hpu                         | cuda / cpu
-    eager  | plain                       | plain
-    graph  | torch.compile(hpu_backend)  | torch.compile
-    lazy   | PT_HPU_LAZY_MODE=1 + marks  | warn once, run eager
+    mode   | hpu                         | cuda                         | cpu
+    eager  | plain                       | plain                        | plain
+    graph  | torch.compile(hpu_backend)  | torch.compile                | torch.compile
+    lazy   | PT_HPU_LAZY_MODE=1 + marks  | note once, run as graph      | warn once, run eager
+
+Lazy mode is Gaudi's way of running whole graphs instead of single ops; on CUDA the same intent is
+``torch.compile``, which is why ``large`` (whose reference default is lazy) compiles on a GPU. On the CPU
+the eager path has its own kernels (pretraining/cpu_kernels.py), so lazy stays eager there.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import warnings
 from typing import Iterable, Optional
 
@@ -22,6 +27,7 @@ import torch
 
 from central.choices import DEVICE_CHOICES, MODE_CHOICES, PRECISION_CHOICES
 from central.errors import BadInputError
+from central.mode_environment import mode_environment  # noqa: F401  (re-exported: the launcher asks here)
 
 DIST_BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
@@ -66,21 +72,29 @@ def torch_device(kind: str, local_rank: int = 0) -> torch.device:
 
 
 def effective_mode(kind: str, mode: Optional[str]) -> str:
-    """The mode that really runs: lazy exists only on HPU (elsewhere: warn once, run eager)."""
+    """The mode that really runs: lazy exists only on HPU; on CUDA it compiles (graph), on the CPU it runs
+    eager (each said once, as a warning)."""
     mode = mode or "eager"
     if mode not in MODE_CHOICES:
         raise ValueError(f"--mode {mode!r}: choose from {', '.join(MODE_CHOICES)}")
+    if mode == "lazy" and kind == "cuda":
+        warnings.warn("--mode lazy is an HPU mode; on cuda it runs as --mode graph (torch.compile)", stacklevel=2)
+        return "graph"
     if mode == "lazy" and kind != "hpu":
         warnings.warn(f"--mode lazy is an HPU mode; running eager on {kind}", stacklevel=2)
         return "eager"
     return mode
 
 
-def mode_environment(kind: str, mode: str) -> dict:
-    """Environment variables a mode needs before the Habana bridge is imported."""
-    if kind == "hpu":
-        return {"PT_HPU_LAZY_MODE": "1" if mode == "lazy" else "0"}
-    return {}
+def allow_tf32_matmuls(kind: str) -> None:
+    """CUDA: fp32 matmuls run on the tensor cores as TF32 (inputs rounded to 10 mantissa bits, fp32
+    accumulation), several times the rate of full fp32 on Ampere and later. fp32 is the default
+    --data_type, and bf16 runs keep some fp32 matmuls outside autocast. NVIDIA_TF32_OVERRIDE=0 in the
+    environment turns TF32 off for a run (cuBLAS reads it). Other devices keep their fp32 matmuls."""
+    if kind == "cuda":
+        # The long-standing switch. Used alone, torch 2.9+'s newer fp32_precision setter makes
+        # torch.get_float32_matmul_precision(), which torch.compile reads, raise about mixed APIs.
+        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def compile_for_mode(module: torch.nn.Module, kind: str, mode: str):
@@ -106,6 +120,16 @@ def autocast(kind: str, precision: str):
     if precision != "fp32":
         raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISION_CHOICES)}")
     return contextlib.nullcontext()
+
+
+def zero_grad(optimizer: torch.optim.Optimizer) -> None:
+    """Drop the gradients (None: the next backward writes fresh ones, no zero-filling pass). hpex
+    FusedLamb's ``zero_grad`` takes no argument (and sets them to None itself); torch's optimizers and
+    hpex FusedAdamW take ``set_to_none``."""
+    if "set_to_none" in inspect.signature(optimizer.zero_grad).parameters:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.zero_grad()
 
 
 def habana_optimizer_class(name: str):

@@ -97,20 +97,27 @@ def detect_env(environ: Mapping[str, str] = os.environ) -> DistEnv:
     return DistEnv()
 
 
-def init_distributed(kind: str, timeout_s: float = 1800.0, environ=os.environ) -> DistEnv:
-    """Create the default process group for a multi-process run; return this process's DistEnv."""
-    env = detect_env(environ)
+def init_distributed(kind: str, timeout_s: float = 1800.0, environ=os.environ, env: Optional[DistEnv] = None,
+                     device: Optional[torch.device] = None) -> DistEnv:
+    """Create the default process group for a multi-process run; return this process's DistEnv.
+
+    ``env``: this process's placement when the caller detected it already; ``device``: the rank's device,
+    already selected (CUDA: ``torch.cuda.set_device`` has run). NCCL gets it as ``device_id``: its
+    communicator is bound to that GPU at once, and barriers know which GPU to use."""
+    env = env or detect_env(environ)
     if not env.distributed or dist.is_initialized():
         return env
     backend = dist_backend(kind)
     if backend == "hccl":
         habana_module("habana_frameworks.torch.distributed.hccl")  # registers the backend
+    options = {"device_id": device} if device is not None and device.type == "cuda" else {}
     dist.init_process_group(
         backend=backend,
         init_method=rendezvous_url(env, environ),
         rank=env.rank,
         world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
+        **options,
     )
     return env
 

@@ -4,16 +4,18 @@
         seed_everything(seed)
         ...                       # build, train; runtime.device, runtime.kind, runtime.is_main
 
-``runtime_session`` resolves ``--device`` (hpu | cuda | cpu) and ``--mode`` (lazy runs eager off HPU),
-sets the environment the mode needs before the Habana bridge loads, joins the process group when a
-launcher started several ranks, picks this rank's torch device, and on the CPU keeps freed host memory
-in the process (central/host_allocator.py). It leaves the process group at the end: after a barrier
-when the body finished, at once when it raised (a rank that failed must not wait for the others).
+``runtime_session`` sets the environment the mode needs before the Habana bridge loads (entry points
+have done so already, before importing torch: central/mode_environment.py), resolves ``--device``
+(hpu | cuda | cpu) and ``--mode`` (lazy compiles on CUDA and runs eager on the CPU), picks this rank's
+torch device (CUDA: ``set_device`` before the process group, which NCCL binds to it), joins the process
+group when a launcher started several ranks, lets fp32 matmuls use TF32 on CUDA, and on the CPU keeps
+freed host memory in the process (central/host_allocator.py). It leaves the process group at the end:
+after a barrier when the body finished, at once when it raised (a rank that failed must not wait for
+the others).
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -21,9 +23,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from central.device import effective_mode, mode_environment, resolve_device_kind, torch_device
-from central.distributed import DistEnv, barrier, init_distributed, teardown
+from central.device import allow_tf32_matmuls, effective_mode, resolve_device_kind, torch_device
+from central.distributed import DistEnv, barrier, detect_env, init_distributed, teardown
 from central.host_allocator import retain_freed_memory
+from central.mode_environment import export_mode_environment
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,16 @@ def init_runtime(device: str = "auto", mode: str = "eager", precision: str = "fp
 
     Raises central.device.DeviceUnavailableError (bad input, one line) when the device is missing.
     """
+    export_mode_environment(device, mode)  # before resolve_device_kind imports the Habana bridge
     kind = resolve_device_kind(device)
     mode = effective_mode(kind, mode)
-    for key, value in mode_environment(kind, mode).items():
-        os.environ.setdefault(key, value)  # before anything imports the Habana bridge
-    dist = init_distributed(kind, dist_timeout)
+    placement = detect_env()
+    rank_device = torch_device(kind, placement.local_rank)  # CUDA: set_device first, NCCL binds to it
+    dist = init_distributed(kind, dist_timeout, env=placement, device=rank_device)
+    allow_tf32_matmuls(kind)
     if kind == "cpu":
         retain_freed_memory()  # no page faults for each step's activations (central/host_allocator.py)
-    return Runtime(kind, mode, precision, torch_device(kind, dist.local_rank), dist)
+    return Runtime(kind, mode, precision, rank_device, dist)
 
 
 @contextlib.contextmanager

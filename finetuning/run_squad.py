@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from central.cli_options import whole_number
 from central.errors import run_main
+from central.mode_environment import export_mode_environment
 from finetuning.args import add_common_args
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    export_mode_environment(args.device, args.mode)  # before torch: it may load the Habana bridge
     from finetuning.squad_task import run  # heavy imports only once the arguments are valid
 
     return run_main(lambda _: run(args), argv, debug=args.debug)

@@ -23,9 +23,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from central.device import autocast, clip_grad_norm, compile_for_mode, mark_step
+from central.device import autocast, clip_grad_norm, compile_for_mode, mark_step, zero_grad
 from central.dllog import DLLogger, console
-from central.gradient_sync import DDPSettings, GradientSync
+from central.gradient_sync import GradientSync, ddp_settings
 from central.runtime import Runtime, seed_everything
 from central.stop_signals import StopSignals
 from finetuning.batches import Feature, PaddingCollator, to_device, training_batches
@@ -33,12 +33,6 @@ from finetuning.config import FinetuneConfig
 from finetuning.optim import build_optimizer, linear_schedule
 from finetuning.saving import save_checkpoint
 from finetuning.train_log import FinetuneLog, TrainResult
-
-
-def ddp_settings(kind: str) -> DDPSettings:
-    """Gradients alias DDP's buckets (one copy less); buffers are constants in BERT (no per-step
-    broadcast); large buckets on HPU as Habana's scripts use, torch's default elsewhere (issue 22)."""
-    return DDPSettings(bucket_cap_mb=230 if kind == "hpu" else 25, gradient_as_bucket_view=True, sync_buffers=False)
 
 
 def train(model: torch.nn.Module, features: Sequence[Feature], cfg: FinetuneConfig, runtime: Runtime,
@@ -88,10 +82,12 @@ def train(model: torch.nn.Module, features: Sequence[Feature], cfg: FinetuneConf
                 clip_grad_norm(model.parameters(), cfg.max_grad_norm, runtime.kind, cfg.use_fused_clip_norm)
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            zero_grad(optimizer)  # hpex optimizers differ in zero_grad's arguments (central.device)
             mark_step(runtime.kind, runtime.mode)
             step += 1
-            done = step >= total_steps or signals.agree(runtime.device)  # every rank stops at the same step
+            # Every rank stops at the same step, decided from the flags all-reduced one step earlier:
+            # nothing here waits for the device (central/stop_signals.py).
+            done = step >= total_steps or signals.agree_one_step_late(runtime.device)
             log.step(epoch, step, scheduler.get_last_lr()[0], last=done)
             if done:
                 break

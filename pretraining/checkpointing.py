@@ -41,7 +41,9 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "phase", "phase_step", "step
 
 # -- RNG state ------------------------------------------------------------------------------------
 def capture_rng_state() -> dict:
-    """This process's python/numpy/torch (and CUDA) generator states as plain data."""
+    """This process's python/numpy/torch generator states as plain data, and on CUDA the state of the
+    rank's own GPU only: a resume may see fewer GPUs per process (one per task under SLURM, say), and
+    each rank draws from its own GPU's generator alone."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -50,7 +52,7 @@ def capture_rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device: the rank's (central.device)
     return state
 
 
@@ -62,7 +64,12 @@ def restore_rng_state(state: dict) -> None:
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # written by an older version: one state per visible GPU
+            index = torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)  # into the rank's own (current) device
 
 
 def gather_rank_states(local: dict) -> List[dict]:

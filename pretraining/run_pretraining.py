@@ -18,6 +18,7 @@ from typing import List, Optional
 
 from central.cli_options import add_runtime_options, whole_number
 from central.errors import run_main
+from central.mode_environment import export_mode_environment
 from pretraining.phases import PHASES, SCRIPT_PHASE_OPTIONS, phase_default
 
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    export_mode_environment(args.device, args.mode)  # before torch: it may load the Habana bridge
     from pretraining.training import run  # heavy imports only once the arguments are valid
 
     return run_main(lambda _: run(args), argv, debug=args.debug)

@@ -4,8 +4,9 @@
 (central.runtime), builds the model, LAMB and its schedule, resumes where a checkpoint says
 (checkpointing), and then runs ``train_loop``: the whole algorithm on one screen. The parts live in
 their own modules: dataset (HDF5 shards, per-rank order, prefetch), central.gradient_sync (DDP
-``no_sync`` / one all-reduce after accumulation), checkpointing (ckpt files, exact resume), train_log
-(DLLogger + tqdm), central.stop_signals (SIGTERM/SIGINT).
+``no_sync`` / one all-reduce after accumulation), step_results (each step's loss and stop requests,
+read one step late so that the host never waits for the device mid-run), checkpointing (ckpt files,
+exact resume), train_log (DLLogger + tqdm), central.stop_signals (SIGTERM/SIGINT).
 
 Exit status: 0 done (also: this phase was already finished), 128 + N stopped by signal N after saving
 a checkpoint (so a phase chain does not go on). Bad input (BadInputError, 2) and failures
@@ -19,16 +20,16 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, TextIO, Tuple
+from typing import Callable, Optional, TextIO
 
 import torch
 
 from central.checkpoint import CheckpointWriteError, list_checkpoints, remove_stale_temporaries, save_torch_file
-from central.device import autocast, compile_for_mode, mark_step
+from central.device import autocast, compile_for_mode, mark_step, zero_grad
 from central.distributed import all_reduce_sum
 from central.dllog import console
 from central.errors import RuntimeFailure
-from central.gradient_sync import DDPSettings, GradientSync
+from central.gradient_sync import GradientSync, ddp_settings
 from central.runtime import Runtime, runtime_session, seed_everything
 from central.stop_signals import StopSignals
 from pretraining.attention import attention_for_device
@@ -42,12 +43,11 @@ from pretraining.hf_conversion import export_hf
 from pretraining.lamb import PolyWarmUpScheduler, lamb_param_groups, make_lamb
 from pretraining.modeling import BertForPreTraining
 from pretraining.run_setup import RunPlan, plan_run
+from pretraining.step_results import StepResults
 from pretraining.train_log import TrainingLog
 
 # A model that yields only non-finite losses is broken: stop instead of skipping through the data.
 MAX_CONSECUTIVE_SKIPS = 10
-# The reference's DDP buckets: few, large ones for BERT-sized gradients (issue 22 tunes them per backend).
-PRETRAINING_DDP = DDPSettings(bucket_cap_mb=230)
 
 
 class NonFiniteLossError(RuntimeFailure):
@@ -67,10 +67,12 @@ class Session:
     log: TrainingLog
     start: StartPoint
     write_file: Callable[[dict, str], None]  # writes a checkpoint's bytes (central.checkpoint.save_torch_file)
+    results: StepResults            # the steps whose loss and stop flags the host has not read yet
     phase_step: int = 0
     skipped_steps: int = 0
     consecutive_skips: int = 0
     saved_at: int = -1
+    stop_agreed: bool = False       # a rank got SIGTERM/SIGINT: every rank stops after this step
     checksums: Optional[TextIO] = None
     accumulation_steps: int = 1     # micro-batches per optimizer step (RunPlan: packed data divides them)
 
@@ -99,29 +101,26 @@ def run(args) -> int:
 
 def train_loop(cfg: PretrainingConfig, plan: RunPlan, s: Session, e2e_start: float) -> int:
     stop_step = cfg.last_step_of_run(s.phase_step)
-    stop = False
     s.log.start_training()
     with StopSignals() as signals:
-        while s.phase_step < stop_step and not stop:
+        while s.phase_step < stop_step and not s.stop_agreed:
             step = cfg.step_offset + s.phase_step + 1  # the number this step's checkpoint would carry
             loss = accumulate_gradients(cfg, s)  # forward + backward of every micro-batch
-            loss, stop = mean_loss_and_stop(loss, signals, s.runtime.dist.world_size)
-            if math.isfinite(loss):
-                s.sync.after_accumulation()  # post-accumulation all-reduce (DDP already did its own)
-                s.scheduler.step()  # sets this step's lr (the reference steps it before the optimizer)
-                s.optimizer.step()
-                s.optimizer.zero_grad(set_to_none=True)
-                mark_step(s.runtime.kind, s.runtime.mode)
-                s.phase_step, s.consecutive_skips = s.phase_step + 1, 0
-                s.log.step(s.data.position.epoch, step, loss, s.optimizer.param_groups[0]["lr"], s.skipped_steps)
-                write_param_checksum(s, step)
+            result = s.results.agree(step, loss, signals)  # summed over ranks on the device; no wait
+            if cfg.nonfinite_loss == "skip" and not math.isfinite(result.loss):  # skip must know now
+                skip_nonfinite_step(cfg, s, result.loss, step)
             else:
-                skip_nonfinite_step(cfg, s, loss, step)
-            if s.phase_step % cfg.num_steps_per_checkpoint == 0 or stop:
-                save(cfg, plan, s)
+                optimizer_step(s)
+                s.phase_step, s.consecutive_skips = s.phase_step + 1, 0
+                result.mark_applied(s.data.position.epoch, s.optimizer.param_groups[0]["lr"], s.skipped_steps)
+                write_param_checksum(s, step)
+            settle(cfg, s, signals, newest_too=False)  # the previous step's loss and stop flags, one step late
+            if s.phase_step % cfg.num_steps_per_checkpoint == 0 or s.stop_agreed:
+                save(cfg, plan, s, signals)
+        settle(cfg, s, signals, newest_too=True)
     s.log.end_training()
-    save(cfg, plan, s)  # the end of the run (a no-op when this step is saved already)
-    if stop:
+    save(cfg, plan, s, signals)  # the end of the run (a no-op when this step is saved already)
+    if s.stop_agreed:
         s.log.note(f"stopped by signal {signals.signum} after step {cfg.step_offset + s.phase_step}; "
                    f"rerun with --resume_from_checkpoint to continue")
         return 128 + signals.signum
@@ -147,31 +146,49 @@ def accumulate_gradients(cfg: PretrainingConfig, s: Session) -> torch.Tensor:
     return total
 
 
-def mean_loss_and_stop(loss: torch.Tensor, signals: StopSignals, world_size: int) -> Tuple[float, bool]:
-    """Mean loss over ranks and whether any rank got a stop signal: one small all-reduce, so every rank
-    takes the same decision (skip / stop / save) at the same step."""
-    packed = torch.cat([loss.float().reshape(1), signals.local_flags(loss.device)])  # [1 + stop signals]
-    loss_sum, *stop_counts = all_reduce_sum(packed).tolist()
-    return loss_sum / world_size, signals.adopt(stop_counts)
+def optimizer_step(s: Session) -> None:
+    s.sync.after_accumulation()  # post-accumulation all-reduce (DDP already did its own)
+    s.scheduler.step()  # sets this step's lr (the reference steps it before the optimizer)
+    s.optimizer.step()
+    zero_grad(s.optimizer)  # hpex FusedLamb's zero_grad takes no argument (central.device)
+    mark_step(s.runtime.kind, s.runtime.mode)
+
+
+def settle(cfg: PretrainingConfig, s: Session, signals: StopSignals, newest_too: bool) -> None:
+    """Read the steps' results that are in (all but the newest, or all): log each step, adopt a stop
+    request, and end the run at a non-finite loss (``--nonfinite_loss stop``). Every save settles all
+    steps first, so no checkpoint holds weights that a non-finite step produced."""
+    for result in s.results.take(newest_too):
+        s.stop_agreed = signals.adopt(result.stop_counts) or s.stop_agreed
+        if not result.applied:  # skipped for a non-finite loss: reported when it happened
+            continue
+        if not math.isfinite(result.loss):
+            raise NonFiniteLossError(f"non-finite loss ({result.loss}) at step {result.step}; stopped without "
+                                     f"saving the weights it produced, {newest_checkpoint_note(cfg)} "
+                                     "(use --nonfinite_loss skip to skip such steps)")
+        s.log.step(result.epoch, result.step, result.loss, result.learning_rate, result.skipped_steps)
 
 
 def skip_nonfinite_step(cfg: PretrainingConfig, s: Session, loss: float, step: int) -> None:
-    s.optimizer.zero_grad(set_to_none=True)
+    zero_grad(s.optimizer)
     s.consecutive_skips += 1
-    if cfg.nonfinite_loss == "stop" or s.consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-        saved = list_checkpoints(cfg.checkpoint_dir)
-        kept = f"the newest checkpoint {saved[-1][1]} is intact" if saved else "no checkpoint was written yet"
-        why = (f"{s.consecutive_skips} steps in a row" if cfg.nonfinite_loss == "skip"
-               else "use --nonfinite_loss skip to skip such steps")
+    if s.consecutive_skips > MAX_CONSECUTIVE_SKIPS:
         raise NonFiniteLossError(f"non-finite loss ({loss}) at step {step}; stopped before the optimizer "
-                                 f"step, {kept} ({why})")
+                                 f"step, {newest_checkpoint_note(cfg)} ({s.consecutive_skips} steps in a row)")
     s.skipped_steps += 1
     s.log.note(f"warning: non-finite loss ({loss}) at step {step}: skipped "
                f"({s.skipped_steps} skipped so far)")
 
 
-def save(cfg: PretrainingConfig, plan: RunPlan, s: Session) -> None:
-    """Checkpoint the state after ``s.phase_step`` steps (all ranks take part; rank 0 writes)."""
+def newest_checkpoint_note(cfg: PretrainingConfig) -> str:
+    saved = list_checkpoints(cfg.checkpoint_dir)
+    return f"the newest checkpoint {saved[-1][1]} is intact" if saved else "no checkpoint was written yet"
+
+
+def save(cfg: PretrainingConfig, plan: RunPlan, s: Session, signals: StopSignals) -> None:
+    """Checkpoint the state after ``s.phase_step`` steps (all ranks take part; rank 0 writes), once
+    every step before it is settled."""
+    settle(cfg, s, signals, newest_too=True)
     if cfg.skip_checkpoint or s.saved_at == s.phase_step:
         return
     rank_states = gather_rank_states({"data_position": s.data.position.to_dict(), "rng": capture_rng_state()})
@@ -237,7 +254,7 @@ def build_session(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, fault
     if start.scheduler_state is not None:
         scheduler.load_state_dict(start.scheduler_state)
     sync = GradientSync(model, world_size, cfg.allreduce_post_accumulation, cfg.allreduce_post_accumulation_fp16,
-                        ddp=PRETRAINING_DDP)
+                        ddp=ddp_settings(runtime.kind))
     model.train()
     forward = faults.wrap_forward(compile_for_mode(sync.module, runtime.kind, runtime.mode),
                                   first_step=cfg.step_offset + start.phase_step + 1,
@@ -257,9 +274,9 @@ def build_session(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, fault
     if cfg.log_param_checksum:
         checksums = open(cfg.checkpoint_dir / f"param_checksums.rank{rank}.txt", "a", encoding="utf-8")
     return Session(runtime, model, forward, optimizer, scheduler, sync, data, log, start,
-                   write_file=faults.wrap_checkpoint_writer(save_torch_file), phase_step=start.phase_step,
-                   skipped_steps=start.skipped_steps, saved_at=start.phase_step, checksums=checksums,
-                   accumulation_steps=plan.accumulation_steps)
+                   write_file=faults.wrap_checkpoint_writer(save_torch_file), results=StepResults(world_size),
+                   phase_step=start.phase_step, skipped_steps=start.skipped_steps, saved_at=start.phase_step,
+                   checksums=checksums, accumulation_steps=plan.accumulation_steps)
 
 
 def open_training_log(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, start: StartPoint,

@@ -12,19 +12,38 @@ from central import device
 
 
 class StandInHabana:
-    """Builds fake ``habana_frameworks.*`` modules: mark_step counter, FusedLamb/FusedAdamW/FusedClipNorm."""
+    """Builds fake ``habana_frameworks.*`` modules: mark_step counter, FusedLamb/FusedAdamW/FusedClipNorm.
+
+    The optimizers are torch optimizers (plain SGD steps, counted) with the interfaces of Habana's: both
+    count ``group["step"]`` as hpex does, FusedAdamW keeps torch's ``zero_grad(set_to_none=True)``, and
+    FusedLamb's ``zero_grad`` takes no argument and sets the gradients to None, as hpex's does (its
+    default ``set_grad_none=True``)."""
 
     def __init__(self):
         self.marks = 0
         self.clipped = []
+        self.steps = 0
         stand_in = self
 
-        class FusedAdamW:
+        class FusedAdamW(torch.optim.Optimizer):
             def __init__(self, params, lr, **kwargs):
-                self.params, self.lr, self.kwargs = list(params), lr, kwargs
+                super().__init__(params, {"lr": lr})
+                self.lr, self.kwargs = lr, kwargs
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                stand_in.steps += 1
+                for group in self.param_groups:
+                    group["step"] = group.get("step", 0) + 1
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-group["lr"])
 
         class FusedLamb(FusedAdamW):
-            pass
+            def zero_grad(self):  # noqa: D102  (hpex's signature: no set_to_none)
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.grad = None
 
         class FusedClipNorm:
             def __init__(self, params, max_norm):
@@ -102,6 +121,18 @@ def test_without_habana_auto_falls_back_and_hpu_is_refused(no_habana):
     assert (device.dist_backend("cpu"), device.dist_backend("cuda")) == ("gloo", "nccl")
 
 
+def test_one_zero_grad_for_torch_and_hpex_optimizers(habana):
+    """hpex FusedLamb.zero_grad() takes no argument (a TypeError with set_to_none=True); torch's
+    optimizers and hpex FusedAdamW take set_to_none. central.device.zero_grad drops the gradients of all."""
+    for make in (habana.FusedLamb, habana.FusedAdamW, lambda ps, lr: torch.optim.SGD(ps, lr=lr)):
+        ps = params()
+        optimizer = make(ps, lr=0.1)
+        device.zero_grad(optimizer)
+        assert all(p.grad is None for p in ps)
+    with pytest.raises(TypeError):
+        habana.FusedLamb(params(), lr=0.1).zero_grad(set_to_none=True)  # what the loops called before
+
+
 def test_lazy_mode_marks_steps_only_on_hpu(habana):
     device.mark_step("hpu", "lazy")
     device.mark_step("hpu", "lazy")
@@ -119,8 +150,10 @@ def test_effective_mode_table():
         assert device.effective_mode("hpu", "lazy") == "lazy"
         assert device.effective_mode("cpu", None) == "eager"
         assert device.effective_mode("cuda", "graph") == "graph"
-    with pytest.warns(UserWarning, match="lazy is an HPU mode"):
+    with pytest.warns(UserWarning, match="lazy is an HPU mode; running eager on cpu"):
         assert device.effective_mode("cpu", "lazy") == "eager"
+    with pytest.warns(UserWarning, match=r"on cuda it runs as --mode graph \(torch.compile\)"):
+        assert device.effective_mode("cuda", "lazy") == "graph"  # Gaudi's whole-graph mode = compile on a GPU
     with pytest.raises(ValueError, match="--mode"):
         device.effective_mode("cpu", "turbo")
 
@@ -210,3 +243,73 @@ def test_launcher_wires_hpu_flags_and_environment(habana, tmp_path):
     flags = split_script(list(plan.commands[0].argv))[2]
     assert plan.env["PT_HPU_LAZY_MODE"] == "0"
     assert {"--device=hpu", "--mode=graph", "--use_fused_adam", "--use_fused_clip_norm"} <= set(flags)
+
+
+def test_pretraining_loop_runs_with_hpex_fused_lamb(habana, tmp_path):
+    """The real pre-training loop on an "hpu" runtime whose tensors stay on the CPU: --use_fused_lamb
+    takes the stand-in FusedLamb, whose zero_grad() takes no argument (the loop used to call it with
+    set_to_none=True: a TypeError at the first step); lazy mode marks a step after every backward and
+    after every optimizer step."""
+    import time
+
+    from central.distributed import DistEnv
+    from central.runtime import Runtime
+    from pretraining.config import PretrainingConfig
+    from pretraining.fault_injection import InjectedFaults
+    from pretraining.run_pretraining import build_parser
+    from pretraining.run_setup import plan_run
+    from pretraining.training import build_session, train_loop
+    from pretraining_runs import pretraining_args
+    from pretraining_shards import make_dataset
+
+    data = make_dataset(tmp_path / "shards", num_files=1, samples=16, seed=3)
+    argv = pretraining_args(data, tmp_path / "run", "--use_fused_lamb", "--mode", "lazy", steps=3, accumulation=2)
+    cfg = PretrainingConfig.from_args(build_parser().parse_args(argv))
+    plan = plan_run(cfg)
+    hpu_on_cpu = Runtime("hpu", "lazy", "fp32", torch.device("cpu"), DistEnv())  # the stand-in computes nothing
+    session = build_session(cfg, plan, hpu_on_cpu, InjectedFaults())
+    try:
+        assert isinstance(session.optimizer, habana.FusedLamb)
+        assert train_loop(cfg, plan, session, time.time()) == 0
+    finally:
+        session.close()
+    assert habana.steps == 3 and habana.marks == 3 * (2 + 1)
+    assert all(p.grad is None for p in session.model.parameters())  # FusedLamb.zero_grad() ran
+    assert (tmp_path / "run" / "checkpoints" / "ckpt_3.pt").exists()
+
+
+def test_fine_tuning_loop_runs_with_hpex_fused_adamw(habana, tmp_path):
+    """--use_fused_adam on HPU: the stand-in FusedAdamW (torch's zero_grad signature) steps every time."""
+    from central.distributed import DistEnv
+    from central.dllog import DLLogger
+    from central.runtime import Runtime
+    from finetuning.train_loop import train
+    from test_finetune_loop import make_args, qa_model, toy_features
+
+    model = qa_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    hpu_on_cpu = Runtime("hpu", "eager", "fp32", torch.device("cpu"), DistEnv())
+    config = make_args(tmp_path, max_steps=3, logging_steps=0, use_fused_adam=True)
+    assert train(model, toy_features(32), config, hpu_on_cpu, DLLogger(None, enabled=False)).global_step == 3
+    assert habana.steps == 3
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+def test_large_on_cuda_compiles(tmp_path, monkeypatch):
+    """The launcher's default for large is the reference's --mode lazy; on a CUDA machine the script
+    resolves that to graph mode (torch.compile), not to eager."""
+    import demo_bert
+    from launcher.machine import Machine
+    from launcher_helpers import make_shard_dirs, split_script
+
+    p1, p2 = make_shard_dirs(tmp_path)
+    args = demo_bert.build_parser().parse_args(["pretraining", "--model_name_or_path", "large", "--data_type",
+                                                "bf16", "-p", str(p1), str(p2), "-o", str(tmp_path)])
+    plan = demo_bert.build_plan(args, Machine("cuda"))
+    flags = split_script(list(plan.commands[0].argv))[2]
+    mode = next(flag.split("=", 1)[1] for flag in flags if flag.startswith("--mode="))
+    assert mode == "lazy" and "PT_HPU_LAZY_MODE" not in plan.env
+    with pytest.warns(UserWarning, match="graph"):
+        assert device.effective_mode("cuda", mode) == "graph"
+    with pytest.warns(UserWarning, match="eager"):
+        assert device.effective_mode("cpu", mode) == "eager"  # the CPU keeps its eager kernels

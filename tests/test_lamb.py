@@ -6,9 +6,10 @@ import types
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretraining.bert_config import BertConfig
-from pretraining.lamb import Lamb, PolyWarmUpScheduler, lamb_param_groups, make_lamb
+from pretraining.lamb import Lamb, PolyWarmUpScheduler, lamb_param_groups, make_lamb, trust_ratio_update
 from pretraining.modeling import BertForPreTraining
 
 
@@ -212,3 +213,90 @@ def test_cpu_blocks_match_whole_tensor_update_on_a_model():
             torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
     for name, value in blocked_model.named_parameters():
         assert not torch.equal(value.detach(), initial[name]), name  # every tensor, every piece was updated
+
+
+def bert_lamb(layers: int, **lamb_options):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64)
+    model = BertForPreTraining(config)
+    return model, Lamb(lamb_param_groups(model), lr=1e-2, cpu_block_elements=None, **lamb_options)
+
+
+def set_grads(model, step):
+    gen = torch.Generator().manual_seed(step)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen) * 0.1
+
+
+def test_compiled_trust_ratio_update_matches_the_eager_one():
+    """The accelerator layout (whole tensors) with the trust-ratio update compiled, as on CUDA, gives the
+    eager update's parameters (inductor's CPU backend here; lr changes every step without recompiling)."""
+    torch._dynamo.utils.counters.clear()
+    eager_model, eager = bert_lamb(2, compile_update=False)
+    compiled_model, compiled = bert_lamb(2, compile_update=True)
+    for step in range(3):
+        for group in (eager.param_groups + compiled.param_groups):
+            group["lr"] = 1e-2 / (step + 1)
+        set_grads(eager_model, step)
+        set_grads(compiled_model, step)
+        eager.step()
+        compiled.step()
+        for (name, a), b in zip(eager_model.named_parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+    assert compiled._compiled is not None and compiled._compiled is not trust_ratio_update  # really compiled
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # a new lr is an input, not a recompile
+
+
+class FastPathCheck(TorchDispatchMode):
+    """Records every aten op of a step, and the _foreach_ ops whose tensor lists pair tensors of different
+    shapes: on CUDA such a call leaves the multi-tensor fast path for one kernel per tensor
+    (ATen's check_fast_path_restrictions: same sizes and strides, index by index)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.fallbacks = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        lists = [a for a in args if isinstance(a, (list, tuple)) and a and all(isinstance(t, torch.Tensor) for t in a)]
+        if str(func).startswith("aten._foreach_") and len(lists) > 1:
+            if any(len({tuple(t.shape) for t in tensors}) > 1 for tensors in zip(*lists)):
+                self.fallbacks.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def step_under_check(layers: int, compile_update: bool):
+    """The second step of a Lamb over a BERT of ``layers`` layers (the first creates the state and, when
+    compiling, the compiled update), checked op by op; the compiled update runs outside the check."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    model, optimizer = bert_lamb(layers, compile_update=compile_update)
+    set_grads(model, 0)
+    optimizer.step()
+    calls = []
+    if compile_update:
+        compiled = optimizer._compiled
+
+        def outside_the_check(*args):
+            calls.append(len(args[0]))
+            with _disable_current_modes():
+                return compiled(*args)
+        optimizer._compiled = outside_the_check
+    set_grads(model, 1)
+    with FastPathCheck() as check:
+        optimizer.step()
+    return check, calls
+
+
+def test_accelerator_update_stays_on_the_multi_tensor_fast_path():
+    """Eagerly, the trust ratio pairs each tensor with its 0-dim ratio (one kernel per tensor on CUDA);
+    with that part compiled, no op of the step leaves the fast path, and the step dispatches the same
+    number of ops whatever the number of parameter tensors."""
+    eager, _ = step_under_check(2, compile_update=False)
+    assert eager.fallbacks == ["aten._foreach_mul_.List"]  # the trust ratio, once per step
+    two_layers, calls = step_under_check(2, compile_update=True)
+    assert two_layers.fallbacks == [] and len(calls) == 1  # one compiled call: the decayed group
+    four_layers, more = step_under_check(4, compile_update=True)
+    assert four_layers.fallbacks == [] and more[0] > calls[0]
+    assert len(four_layers.ops) == len(two_layers.ops)  # no op per tensor

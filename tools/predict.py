@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from central.device import DEVICE_CHOICES
+from central.choices import DEVICE_CHOICES
 from central.errors import BadInputError
+from central.mode_environment import export_mode_environment
 
 FIELDS = {"squad": ("question", "context"), "mrpc": ("sentence1", "sentence2")}
 ARCHITECTURES = {"squad": "BertForQuestionAnswering", "mrpc": "BertForSequenceClassification"}
@@ -211,6 +212,7 @@ def run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    export_mode_environment(args.device, "eager")  # predictions run eager; set before torch loads Habana
     from central.checkpoint import CheckpointWriteError
     from central.device import DeviceUnavailableError
 
