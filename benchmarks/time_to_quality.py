@@ -170,6 +170,7 @@ def plan_steps(side: str, fixed: int, probe, budget_s: float, checkpoint_s: floa
     rate: Optional[StepRate] = None if fixed else probe()
     steps = fixed or rate.steps_in(budget_s)
     save_steps = max(1, round(checkpoint_s / rate.step_s)) if rate else max(1, round(steps * checkpoint_s / budget_s))
+    save_steps = min(save_steps, max(1, steps // 2))  # a curve needs two points, even when the probe ran slow
     measured = f"probe: start-up {rate.startup_s:.1f} s, {rate.step_s:.2f} s/step" if rate else "given"
     say(f"ttq: plan {side} max_steps {steps} checkpoint every {save_steps} steps ({measured})")
     return steps, save_steps

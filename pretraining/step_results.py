@@ -12,15 +12,17 @@ each result at once (one wait for the device per step, the price of skipping).
 """
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Deque, List
+from dataclasses import dataclass, replace
+from typing import Deque, List, Optional
 
 import torch
 
 from central.distributed import all_reduce_sum
 from central.host_copy import HostCopy
 from central.stop_signals import StopSignals
+from pretraining.dataset import StreamCounts
 
 
 @dataclass
@@ -32,6 +34,8 @@ class StepResult:
     epoch: int = 0             # where the data was, and the step's lr, for its log record
     learning_rate: float = 0.0
     skipped_steps: int = 0
+    finished_at: float = 0.0   # host time when the step was issued in full, and the data stream's counts
+    counts: Optional[StreamCounts] = None  # then: its log record is timed by these, not by when it is read
 
     @property
     def loss(self) -> float:
@@ -42,8 +46,9 @@ class StepResult:
     def stop_counts(self) -> List[float]:
         return self.values.values()[1:]
 
-    def mark_applied(self, epoch: int, learning_rate: float, skipped_steps: int) -> None:
+    def mark_applied(self, epoch: int, learning_rate: float, skipped_steps: int, counts: StreamCounts) -> None:
         self.applied, self.epoch, self.learning_rate, self.skipped_steps = True, epoch, learning_rate, skipped_steps
+        self.finished_at, self.counts = time.time(), replace(counts)
 
 
 class StepResults:

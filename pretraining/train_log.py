@@ -60,16 +60,21 @@ class TrainingLog:
         self.train_end = time.time()
         self.end_counts = StreamCounts(**vars(self.counts))
 
-    def step(self, epoch: int, step: int, loss: float, learning_rate: float, skipped_steps: int) -> None:
-        """One finished optimizer step (loss: mean over ranks and micro-batches)."""
+    def step(self, epoch: int, step: int, loss: float, learning_rate: float, skipped_steps: int,
+             finished_at: Optional[float] = None, counts: Optional[StreamCounts] = None) -> None:
+        """One finished optimizer step (loss: mean over ranks and micro-batches). The loop reads a step's
+        loss one step late, so it passes when the step finished and the stream's counts then
+        (``finished_at``, ``counts``; default: now): the window's time and samples are that step's own."""
+        finished_at = time.time() if finished_at is None else finished_at
+        counts = self.counts if counts is None else counts
         self.steps_done += 1
         self.window.append(loss)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if len(self.window) < self.log_freq:
             return
-        elapsed = max(time.time() - self.window_start, 1e-9)
-        samples = self.counts.samples - self.window_counts.samples
+        elapsed = max(finished_at - self.window_start, 1e-9)
+        samples = counts.samples - self.window_counts.samples
         record = {
             "average_loss": sum(self.window) / len(self.window),
             "step_loss": loss,
@@ -79,13 +84,13 @@ class TrainingLog:
             "samples_per_second": samples / elapsed,
         }
         if self.packed:
-            record["packs_per_second"] = (self.counts.rows - self.window_counts.rows) / elapsed
+            record["packs_per_second"] = (counts.rows - self.window_counts.rows) / elapsed
         if skipped_steps:
             record["skipped_steps"] = skipped_steps
         self.logger.log((epoch, step), record)
         self.last_window, self.window = self.window, []
-        self.window_start = time.time()
-        self.window_counts = StreamCounts(**vars(self.counts))
+        self.window_start = finished_at
+        self.window_counts = StreamCounts(**vars(counts))
 
     def finish(self, world_size: int, e2e_start: float) -> None:
         self.bar.close()

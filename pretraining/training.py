@@ -112,7 +112,8 @@ def train_loop(cfg: PretrainingConfig, plan: RunPlan, s: Session, e2e_start: flo
             else:
                 optimizer_step(s)
                 s.phase_step, s.consecutive_skips = s.phase_step + 1, 0
-                result.mark_applied(s.data.position.epoch, s.optimizer.param_groups[0]["lr"], s.skipped_steps)
+                result.mark_applied(s.data.position.epoch, s.optimizer.param_groups[0]["lr"], s.skipped_steps,
+                                    s.data.counts)
                 write_param_checksum(s, step)
             settle(cfg, s, signals, newest_too=False)  # the previous step's loss and stop flags, one step late
             if s.phase_step % cfg.num_steps_per_checkpoint == 0 or s.stop_agreed:
@@ -166,7 +167,8 @@ def settle(cfg: PretrainingConfig, s: Session, signals: StopSignals, newest_too:
             raise NonFiniteLossError(f"non-finite loss ({result.loss}) at step {result.step}; stopped without "
                                      f"saving the weights it produced, {newest_checkpoint_note(cfg)} "
                                      "(use --nonfinite_loss skip to skip such steps)")
-        s.log.step(result.epoch, result.step, result.loss, result.learning_rate, result.skipped_steps)
+        s.log.step(result.epoch, result.step, result.loss, result.learning_rate, result.skipped_steps,
+                   finished_at=result.finished_at, counts=result.counts)
 
 
 def skip_nonfinite_step(cfg: PretrainingConfig, s: Session, loss: float, step: int) -> None:
