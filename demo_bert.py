@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from central.errors import run_main
+from central.errors import EXIT_BAD_INPUT, run_main
 from central.process_runner import Plan, run_plan
 from launcher import machine as machine_facts
 from launcher import options
@@ -58,7 +58,7 @@ def _pass_through(name: str, argv: List[str]) -> int:
         if err.name != module_name:
             raise
         print(f"{PROG} {name}: error: not available in this checkout ({module_name} is missing)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return module.main(argv) or 0
 
 

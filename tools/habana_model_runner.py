@@ -29,8 +29,8 @@ most specific level wins: data-type parameters over dataset parameters over gene
 ``--dry_run`` is handed to demo_bert.py, which then prints its commands instead of running them.
 A malformed recipe ends with exit status 2 and one line naming the offending key.
 
-It uses only the standard library and PyYAML (it runs by path too, where tools/ is sys.path[0]),
-and finds demo_bert.py beside its own folder.
+It needs PyYAML and the project's error model (``central.errors``: the package is installed by
+tools/setup_env.sh, so it also runs by path), and finds demo_bert.py beside its own folder.
 """
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
+from central.errors import BadInputError, run_main
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_BERT = REPO_ROOT / "demo_bert.py"
 TOP_LEVEL_KEYS = ("model", "env_variables", "parameters")
@@ -55,7 +57,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SCALARS = (str, int, float, bool)
 
 
-class RecipeError(ValueError):
+class RecipeError(BadInputError):
     """The recipe is malformed; the message names the offending key."""
 
 
@@ -235,21 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.framework.lower() != "pytorch":
-            raise RecipeError(f"--framework {args.framework}: this repository holds the PyTorch BERT only (use pytorch)")
-        if args.model.lower() != "bert":
-            raise RecipeError(f"--model {args.model}: this repository holds BERT only (use bert)")
-        recipe = load_recipe(Path(args.hb_config))
-        command = build_argv(recipe, args.model.lower(), dry_run=args.dry_run,
-                             overrides=parse_overrides(args.overrides))
-        env = recipe_environment(recipe)
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_main(lambda _: run_recipe(args), argv)
+
+
+def run_recipe(args) -> int:
+    if args.framework.lower() != "pytorch":
+        raise RecipeError(f"--framework {args.framework}: this repository holds the PyTorch BERT only (use pytorch)")
+    if args.model.lower() != "bert":
+        raise RecipeError(f"--model {args.model}: this repository holds BERT only (use bert)")
+    recipe = load_recipe(Path(args.hb_config))
+    command = build_argv(recipe, args.model.lower(), dry_run=args.dry_run, overrides=parse_overrides(args.overrides))
+    env = recipe_environment(recipe)
     if not DEMO_BERT.is_file():
-        print(f"error: {DEMO_BERT}: not found (run from a complete checkout)", file=sys.stderr)
-        return 2
+        raise RecipeError(f"{DEMO_BERT}: not found (run from a complete checkout)")
     print(f"habana_model_runner: {shlex.join(command)}", flush=True)
     return run(command, env)
 

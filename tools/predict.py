@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from central.choices import DEVICE_CHOICES
-from central.errors import BadInputError
+from central.errors import BadInputError, run_main
 from central.mode_environment import export_mode_environment
 
 FIELDS = {"squad": ("question", "context"), "mrpc": ("sentence1", "sentence2")}
@@ -213,16 +213,7 @@ def run(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     export_mode_environment(args.device, "eager")  # predictions run eager; set before torch loads Habana
-    from central.checkpoint import CheckpointWriteError
-    from central.device import DeviceUnavailableError
-
-    try:
-        return run(args)
-    except (PredictInputError, DeviceUnavailableError, CheckpointWriteError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_main(lambda _: run(args), argv, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from central.dllog import PREFIX, read_dllogger
-from central.errors import BadInputError
+from central.errors import BadInputError, run_main
 
 # Series names by role (the reference's metric names plus what HF-style fine-tuning logs).
 LR_NAMES = ("learning_rate", "lr")
@@ -367,18 +367,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output_dir", default=None, help="where to write (default: RUN_DIR/report)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    from central.checkpoint import CheckpointWriteError
 
-    try:
-        written = build_report(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None)
-    except (ReportInputError, CheckpointWriteError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+    def write(_argv) -> int:
+        for path in build_report(Path(args.run_dir), Path(args.output_dir) if args.output_dir else None):
+            print(f"wrote {path}")
+        return 0
+
+    return run_main(write, argv, debug=args.debug)  # bad input exits 2, a report that cannot be written 1
 
 
 if __name__ == "__main__":

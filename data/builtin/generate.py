@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from central.errors import BadInputError, run_main
 from data.builtin import lexicon as lx
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"
@@ -368,11 +369,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output_dir", required=True, help="where to write corpus/, MRPC/ and SQuAD/")
     parser.add_argument("--seed", type=int, default=2024, help="another seed gives other (equally valid) data")
     args = parser.parse_args(argv)
+    return run_main(lambda _: write_and_list(Path(args.output_dir), args.seed), argv)
+
+
+def write_and_list(out_dir: Path, seed: int) -> int:
     try:
-        written = generate(Path(args.output_dir), seed=args.seed)
+        written = generate(out_dir, seed=seed)
     except OSError as err:
-        print(f"error: --output_dir {args.output_dir}: cannot be written ({err.strerror or err})", file=sys.stderr)
-        return 2
+        raise BadInputError(f"--output_dir {out_dir}: cannot be written ({err.strerror or err})") from err
     for path in written:
         print(f"wrote {path} ({path.stat().st_size} bytes)")
     return 0
