@@ -68,6 +68,7 @@ PRETRAINING_FLAGS = (
     Flag("--dynamic_masking", ("--dynamic_masking",)),
     Flag("--train_batch_size", send=COMPUTED),
     Flag("--gradient_accumulation_steps", send=COMPUTED),
+    Flag("--optimizer", ("--optimizer",), GIVEN),
     Flag("--learning_rate", ("-r", "--learning_rate"), pair=True),
     Flag("--max_steps", ("--max_steps",), pair=True, at_least=1),
     Flag("--warmup_proportion", ("-wp", "--warmup"), pair=True),
@@ -207,6 +208,9 @@ def _add_pretraining(parser: argparse.ArgumentParser) -> None:
         action = script_action(script, flag.script)
         if flag.default is not KEEP:
             default = flag.default
+        elif flag.send == GIVEN:  # written only when given, so the seed commands' argv stays the reference's
+            _add_copied(parser, flag, action, None, f" (default: {action.default})")
+            continue
         elif flag.pair and action.dest in SCRIPT_PHASE_OPTIONS:
             default = [phase_default(1, action.dest), phase_default(2, action.dest)]
         else:

@@ -5,7 +5,8 @@ A checkpoint is plain data (tensors, numbers, strings, lists, dicts) so that
 
     format          CHECKPOINT_FORMAT
     model           state_dict of the bare model (no DDP / compile prefixes)
-    optimizer       LAMB state_dict;  scheduler: PolyWarmUpScheduler state_dict
+    optimizer       the optimizer's state_dict;  optimizer_name: --optimizer (absent: lamb)
+    scheduler       PolyWarmUpScheduler state_dict
     phase           1 or 2;  phase_step: optimizer steps done in this phase
     step            the number in the file name (phase 2 adds --phase1_end_step, as the reference)
     skipped_steps   steps skipped for a non-finite loss (--nonfinite_loss skip)
@@ -218,10 +219,17 @@ def load_start_point(cfg: PretrainingConfig, config_dict: dict, file_names: List
     if not from_init and saved_phase > phase:
         return StartPoint(phase_already_done=True, description=f"{path.name} belongs to phase {saved_phase}")
 
+    saved_optimizer = state.get("optimizer_name", "lamb")  # checkpoints before --optimizer: LAMB
+    if not from_init and saved_phase == phase and saved_optimizer != cfg.optimizer:
+        raise CheckpointError(f"checkpoint {path} was trained with --optimizer {saved_optimizer}: resume it with "
+                              f"the same optimizer, not {cfg.optimizer}")
     _load_model(path, model, state["model"])
     if from_init or saved_phase != phase:
-        if "optimizer" in state:
+        if "optimizer" in state and saved_optimizer == cfg.optimizer:
             _load_optimizer(path, optimizer, reset_schedule(state["optimizer"], cfg.learning_rate))
+        elif "optimizer" in state:
+            warn(f"note: {path.name} holds {saved_optimizer} moments; --optimizer {cfg.optimizer} starts "
+                 f"from its weights with fresh moments")
         if not from_init and int(state["step"]) != cfg.phase1_end_step:
             warn(f"warning: {path.name} ends phase 1 at step {state['step']}, "
                  f"not at --phase1_end_step {cfg.phase1_end_step}")
@@ -244,13 +252,13 @@ def load_start_point(cfg: PretrainingConfig, config_dict: dict, file_names: List
                       description=f"resumed from {path} (phase {phase}, step {state['step']})")
 
 
-def build_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, phase: int,
-                     phase_step: int, step: int, skipped_steps: int, rank_states: List[dict],
+def build_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, optimizer_name: str, scheduler,
+                     phase: int, phase_step: int, step: int, skipped_steps: int, rank_states: List[dict],
                      file_names: List[str], config_dict: dict) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "model": cpu_state_dict(strip_wrapper_prefixes(model.state_dict())),
-        "optimizer": cpu_state_dict(optimizer.state_dict()),
+        "optimizer": cpu_state_dict(optimizer.state_dict()), "optimizer_name": optimizer_name,
         "scheduler": scheduler.state_dict(),
         "phase": phase, "phase_step": phase_step, "step": step, "skipped_steps": skipped_steps,
         "ranks": rank_states, "files": file_names, "config": config_dict,

@@ -30,6 +30,7 @@ class PretrainingConfig:
     # -- optimisation
     train_batch_size: int                # rows (samples, or packs) per optimizer step on this rank
     gradient_accumulation_steps: int     # micro-batches per optimizer step (packed: see accumulation_steps)
+    optimizer: Literal["lamb", "adamw"]  # pretraining.optimizers.make_optimizer
     learning_rate: float
     max_steps: float                     # optimizer steps of this phase
     warmup_proportion: float             # fraction of max_steps

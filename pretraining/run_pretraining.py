@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gradient_accumulation_steps", type=whole_number, default=1,
                         help="micro-batches per optimizer step (packed shards: divided by the samples per pack, "
                              "so that a step sees about as many samples)")
-    parser.add_argument("--learning_rate", type=float, default=None, help="peak LAMB learning rate")
+    parser.add_argument("--optimizer", choices=("lamb", "adamw"), default="lamb",
+                        help="lamb: the reference's LAMB, made for large batches; adamw: AdamW (eps 1e-6), which "
+                             "learns faster at the small batches of one CPU or GPU. Both clip the global gradient "
+                             "norm to 1.0, decay weights but not biases and LayerNorm (0.01) and follow the same "
+                             "warm-up and decay")
+    parser.add_argument("--learning_rate", type=float, default=None, help="peak learning rate")
     parser.add_argument("--max_steps", type=whole_number, default=None, help="optimizer steps of the phase")
     parser.add_argument("--warmup_proportion", type=float, default=None, help="warm-up as a fraction of --max_steps")
     parser.add_argument("--seed", type=whole_number, default=12439, help="random seed")

@@ -40,8 +40,9 @@ from pretraining.cpu_kernels import use_cpu_kernels
 from pretraining.dataset import DataPosition, ShardStream
 from pretraining.fault_injection import InjectedFaults
 from pretraining.hf_conversion import export_hf
-from pretraining.lamb import PolyWarmUpScheduler, lamb_param_groups, make_lamb
+from pretraining.lamb import PolyWarmUpScheduler
 from pretraining.modeling import BertForPreTraining
+from pretraining.optimizers import clip_before_step, make_optimizer
 from pretraining.run_setup import RunPlan, plan_run
 from pretraining.step_results import StepResults
 from pretraining.train_log import TrainingLog
@@ -61,6 +62,7 @@ class Session:
     model: torch.nn.Module          # the bare model (what checkpoints and exports hold)
     forward: Callable               # what the step calls: DDP and/or compiled around ``model``
     optimizer: torch.optim.Optimizer
+    optimizer_name: str             # --optimizer: lamb | adamw
     scheduler: PolyWarmUpScheduler
     sync: GradientSync
     data: ShardStream
@@ -150,6 +152,7 @@ def accumulate_gradients(cfg: PretrainingConfig, s: Session) -> torch.Tensor:
 def optimizer_step(s: Session) -> None:
     s.sync.after_accumulation()  # post-accumulation all-reduce (DDP already did its own)
     s.scheduler.step()  # sets this step's lr (the reference steps it before the optimizer)
+    clip_before_step(s.optimizer_name, s.model, s.runtime.kind)  # AdamW (LAMB clips inside its step)
     s.optimizer.step()
     zero_grad(s.optimizer)  # hpex FusedLamb's zero_grad takes no argument (central.device)
     mark_step(s.runtime.kind, s.runtime.mode)
@@ -196,7 +199,7 @@ def save(cfg: PretrainingConfig, plan: RunPlan, s: Session, signals: StopSignals
     rank_states = gather_rank_states({"data_position": s.data.position.to_dict(), "rng": capture_rng_state()})
     error: Optional[CheckpointWriteError] = None
     if s.runtime.is_main:
-        state = build_checkpoint(s.model, s.optimizer, s.scheduler, cfg.phase, s.phase_step,
+        state = build_checkpoint(s.model, s.optimizer, cfg.optimizer, s.scheduler, cfg.phase, s.phase_step,
                                  cfg.step_offset + s.phase_step, s.skipped_steps, rank_states,
                                  plan.file_names, plan.model_config.to_dict())
         previous = list_checkpoints(cfg.checkpoint_dir)
@@ -249,7 +252,7 @@ def build_session(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, fault
     model.kernels = dataclasses.replace(model.kernels, attention=attention)  # packed batches: varlen on CUDA
     if runtime.kind == "cpu" and runtime.mode == "eager":
         use_cpu_kernels(model)  # random-bits dropout, fused MLM decoder + loss (pretraining/cpu_kernels.py)
-    optimizer = make_lamb(lamb_param_groups(model), cfg.learning_rate, runtime.kind, cfg.use_fused_lamb)
+    optimizer = make_optimizer(cfg.optimizer, model, cfg.learning_rate, runtime.kind, cfg.use_fused_lamb)
     start = load_start_point(cfg, plan.model_config.to_dict(), plan.file_names, model, optimizer, rank, world_size,
                              warn=lambda line: console(line, runtime.is_main))
     scheduler = PolyWarmUpScheduler(optimizer, cfg.warmup_proportion, cfg.phase_steps)
@@ -275,7 +278,7 @@ def build_session(cfg: PretrainingConfig, plan: RunPlan, runtime: Runtime, fault
     checksums = None
     if cfg.log_param_checksum:
         checksums = open(cfg.checkpoint_dir / f"param_checksums.rank{rank}.txt", "a", encoding="utf-8")
-    return Session(runtime, model, forward, optimizer, scheduler, sync, data, log, start,
+    return Session(runtime, model, forward, optimizer, cfg.optimizer, scheduler, sync, data, log, start,
                    write_file=faults.wrap_checkpoint_writer(save_torch_file), results=StepResults(world_size),
                    phase_step=start.phase_step, skipped_steps=start.skipped_steps, saved_at=start.phase_step,
                    checksums=checksums, accumulation_steps=plan.accumulation_steps)

@@ -412,3 +412,12 @@ def test_packing_flags_reach_each_phase(shards, tmp_path):
     with pytest.raises(SystemExit):
         parse("pretraining", "--model_name_or_path", "tiny", "--data_type", "fp32", "--enable_packed_data_mode",
               "True", "maybe")
+
+
+def test_optimizer_choice_reaches_both_phases_only_when_given(shards, tmp_path):
+    plain = [list(c.argv) for c in pretraining_plan(shards, tmp_path).commands]
+    assert not any(flag.startswith("--optimizer") for argv in plain for flag in argv)  # the seed's argv as before
+    plan = pretraining_plan(shards, tmp_path, "--optimizer", "adamw")
+    assert [flags_of(c).optimizer for c in plan.commands] == ["adamw", "adamw"]
+    with pytest.raises(SystemExit):
+        parse("pretraining", "--model_name_or_path", "tiny", "--data_type", "fp32", "--optimizer", "sgd")
