@@ -24,12 +24,13 @@ One invocation, one step after the other, every child with the same thread count
 Clock: each side's time runs from the launch of its training process (start-up included) to the moment a
 checkpoint file is complete; data preparation is timed apart and reported both ways.
 
-Recipes (defaults; every value is a flag). Ours: LAMB lr 1e-2, batch 32, warm-up 0.06, static masking of
-5 duplicates (--dupe_factor), phase 1 only (sequence length 128, 20 predictions). HF route: AdamW lr 5e-4,
-batch 32, warm-up 0.06 (linear decay), weight decay 0.01, 15% dynamic masking. A fair tuning tries, for the
-HF route, --hf_lr 2.5e-4 5e-4 1e-3 2e-3 x --hf_batch 16 32 64 x --hf_warmup 0.02 0.06 0.1, and for ours
---ours_lr 5e-3 1e-2 2e-2 4e-2 x --ours_batch 16 32 64 (``--sides hf`` / ``--sides ours`` and
-``--skip_downstream`` run one side's sweep point alone); report the best final accuracy of each side.
+Recipes (defaults; every value is a flag). Ours: --optimizer adamw, lr 1e-3, batch 32 (packs), warm-up
+0.06 then poly decay, weight decay 0.01, static masking of 5 duplicates (--dupe_factor), packed shards,
+phase 1 only (sequence length 128, 20 predictions). HF route: AdamW lr 1e-3, batch 32, warm-up 0.06 then
+linear decay, weight decay 0.01, 15% dynamic masking. Tried (5-minute runs, 600 held-out rows; or the
+train loss of 300-step probes): HF lr 5e-4, 1e-3, 2e-3; ours LAMB lr 2e-3, 5e-3, 1e-2, 2e-2, 4e-2 and
+AdamW 1e-3, 2e-3 (docs/time-to-quality.md). ``--sides hf`` / ``--sides ours`` with ``--skip_downstream``
+run one side's sweep point alone.
 Fine-tuning recipe (all models): MRPC AdamW lr 1e-4, batch 32, 3 epochs, warm-up 0.1, length 128; SQuAD
 split lr 1e-4, batch 32, 2 epochs, warm-up 0.1, length 256 (stride 128).
 """
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sides", nargs="+", choices=("ours", "hf"), default=["ours", "hf"], help="which runs (tuning sweeps: one)")
     add("--seed", type=int, default=42, help="pre-training seed of both sides")
     add("--ours_batch", type=int, default=32)
-    add("--ours_lr", type=float, default=1e-2, help="peak LAMB learning rate")
+    add("--ours_optimizer", choices=("adamw", "lamb"), default="adamw", help="demo_bert.py pretraining --optimizer")
+    add("--ours_lr", type=float, default=1e-3, help="peak learning rate of ours")
     add("--ours_warmup", type=float, default=0.06)
     add("--ours_steps", type=int, default=0, help="max_steps of ours (0: from the probe and the budget)")
     add("--ours_pack", type=int, choices=(0, 1), default=1,
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dupe_factor", type=int, default=5, help="static maskings of the text (create_hdf5_files)")
     add("--shards", type=int, default=0, help="HDF5 training shards (0: --threads)")
     add("--hf_batch", type=int, default=32)
-    add("--hf_lr", type=float, default=5e-4, help="peak AdamW learning rate")
+    add("--hf_lr", type=float, default=1e-3, help="peak AdamW learning rate")
     add("--hf_warmup", type=float, default=0.06)
     add("--hf_steps", type=int, default=0, help="max_steps of the HF route (0: from the probe and the budget)")
     add("--probe_steps", type=int, default=12, help="steps of each side's timing probe")
@@ -271,7 +273,8 @@ def text_stage(args, run_dir: Path) -> Tuple[Dict[str, np.ndarray], dict]:
 def pretraining_stage(args, run_dir: Path, budget_s: float, checkpoint_s: float):
     """Data preparation (timed) and the budgeted runs of the chosen sides: (runs, prep seconds)."""
     logs, hf_data = run_dir / "logs", run_dir / "hf" / "blocks.npz"
-    recipes = {"ours": Recipe(args.ours_batch, args.ours_lr, args.ours_warmup, bool(args.ours_dynamic_masking)),
+    recipes = {"ours": Recipe(args.ours_batch, args.ours_lr, args.ours_warmup, bool(args.ours_dynamic_masking),
+                              args.ours_optimizer),
                "hf": Recipe(args.hf_batch, args.hf_lr, args.hf_warmup)}
     hdf5, prep_ours = timed(prepare_ours, run_dir / "corpus", run_dir / "ours_data", args.vocab_file, args.shards,
                             args.dupe_factor, args.threads, logs, bool(args.ours_pack))

@@ -45,6 +45,7 @@ class Recipe:
     learning_rate: float
     warmup_proportion: float
     dynamic_masking: bool = False
+    optimizer: str = "adamw"      # ours: demo_bert.py pretraining --optimizer (the HF route: AdamW always)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def ours_argv(hdf5_dir: Path, out_dir: Path, recipe: Recipe, max_steps: int, sav
             "--learning_rate", *pair(recipe.learning_rate), "--warmup", *pair(recipe.warmup_proportion),
             "--max_steps", *pair(max_steps), "--save_steps", *pair(save_steps),
             "--max_seq_length", "128", "512", "--max_predictions_per_seq", "20", "80", "--seed", str(seed),
-            *(["--dynamic_masking"] if recipe.dynamic_masking else [])]
+            "--optimizer", recipe.optimizer, *(["--dynamic_masking"] if recipe.dynamic_masking else [])]
 
 
 def probe_ours(hdf5_dir: Path, out_dir: Path, recipe: Recipe, steps: int, seed: int, threads: int, logs: Path) -> StepRate:
