@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keep_checkpoints", action="store_true",
         help="keep every checkpoint's optimizer state (default: only the last one's; weights are always kept)")
     add("--skip_downstream", action="store_true")
+    add("--downstream_only", action="store_true",
+        help="only fine-tune the final models of the earlier run in --output_dir (its results.json), e.g. with "
+             "other fine-tuning flags")
     add("--tasks", nargs="+", choices=("mrpc", "squad"), default=["mrpc", "squad"])
     add("--seeds", type=int, nargs="+", default=[1, 2, 3], help="fine-tuning seeds")
     add("--finetune_batch", type=int, default=32)
@@ -304,11 +307,28 @@ def pretraining_stage(args, run_dir: Path, budget_s: float, checkpoint_s: float)
     return runs, {"ours": prep_ours, "hf": prep_hf}
 
 
+def downstream_only(args) -> int:
+    """Stage 6 alone, on the final models that an earlier run left in --output_dir."""
+    run_dir = Path(args.output_dir).resolve()
+    results_file = run_dir / "results.json"
+    if not (run_dir / MARKER).is_file() or not results_file.is_file():
+        raise BenchmarkInputError(f"--downstream_only: {run_dir} holds no run of this benchmark (results.json)")
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    curves = {side: [Point(**p) for p in points] for side, points in results["curves"].items()}
+    results["downstream"] = downstream(args, run_dir, curves)
+    results["downstream_args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results_file.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    say(f"ttq: result json {results_file}")
+    return 0
+
+
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)  # evaluation runs in this process
+    if args.downstream_only:
+        return downstream_only(args)
     run_dir = fresh_run_dir(Path(args.output_dir).resolve())
     budget_s, checkpoint_s = 60 * args.minutes, 60 * args.checkpoint_minutes
     say(f"ttq: setup {'QUICK smoke run (not a result), ' if args.quick else ''}threads {args.threads}, "

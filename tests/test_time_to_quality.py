@@ -157,6 +157,16 @@ def test_quick_run_end_to_end(shared_data, tmp_path, child_env):
     assert (out / "squad_split" / "train.json").is_file() and (out / "squad_split" / "eval.json").is_file()
     assert (out / "heldout_masked.npz").is_file()
 
+    # The fine-tuning stage again, alone, on the same run's final models (other seeds, MRPC only).
+    again = subprocess.run([sys.executable, "-m", "benchmarks.time_to_quality", "--quick", "-o", str(out),
+                            "--downstream_only", "--tasks", "mrpc", "--seeds", "7"],
+                           cwd=REPO_ROOT, env=child_env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "ttq: result mrpc random_init: accuracy" in again.stdout and "ttq: eval" not in again.stdout
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["curves"] == results["curves"] and set(rerun["downstream"]) == {"mrpc"}
+    assert (out / "finetuning" / "mrpc_ours" / "seed7").is_dir()
+
 
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     from benchmarks.time_to_quality import entry
@@ -168,5 +178,8 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert (foreign / "notes.txt").read_text(encoding="utf-8") == "keep me" and len(list(foreign.iterdir())) == 1
     assert entry(["-o", str(tmp_path / "new"), "--minutes", "0"]) == 2
     assert not (tmp_path / "new").exists()
+    assert entry(["-o", str(foreign), "--downstream_only"]) == 2
+    assert len(list(foreign.iterdir())) == 1
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and "not made by this benchmark" in errors[0] and "--minutes 0.0" in errors[1]
+    assert len(errors) == 3 and "not made by this benchmark" in errors[0] and "--minutes 0.0" in errors[1]
+    assert "--downstream_only" in errors[2] and "holds no run of this benchmark" in errors[2]
