@@ -12,14 +12,16 @@ transformers first on odd ones) so that load from other processes hits both alik
 time of each is reported. transformers uses attn_implementation="sdpa" and its own loss (labels
 over all positions, -100 elsewhere), as a user would run it. Ours runs as pretraining/training.py
 runs it: labels in, losses out, and on CPU in eager mode with pretraining/cpu_kernels.py swapped in
-(random-bits dropout, oneDNN linears, the fused vocab-major MLM decoder + cross-entropy). CPU presets
+(random-bits dropout, oneDNN linears where ATen runs AVX-512 kernels, the fused vocab-major MLM decoder +
+cross-entropy; the line names the ones in use). CPU presets
 raise glibc's malloc thresholds first, as CPU training does (central/host_allocator.py: activations are
 not page-faulted in anew every step); the setting is process-wide, so transformers gets it too.
 
 --without NAMES (comma-separated names of pretraining.cpu_kernels.KERNEL_NAMES, or "all") adds a third
 model to the same rotation: ours with those CPU kernels left out, same weights, batch and optimizer. Its
 extra line gives the left-out kernels' share of our step, (t_without - t_ours) / t_without, measured
-interleaved in one process, so that load from other processes hits all three alike.
+interleaved in one process, so that load from other processes hits all three alike. On a CPU without
+AVX-512, add --onednn_linear on to measure the linear kernel's share there.
 
 Presets (issue 3 item 10, issue 22):
     cpu-mini        4 layers, hidden 256, 4 heads, seq 128, 20 predictions, batch 32, fp32   goal >= 4x
@@ -52,7 +54,7 @@ from central.host_allocator import retain_freed_memory
 from pretraining.bert_config import PRESETS, BertConfig
 from pretraining.hf_conversion import to_hf_config, to_hf_state_dict
 from pretraining.lamb import Lamb, lamb_param_groups
-from pretraining.cpu_kernels import KERNEL_NAMES, use_cpu_kernels
+from pretraining.cpu_kernels import KERNEL_NAMES, kernels_in_use, use_cpu_kernels
 from pretraining.modeling import BertForPreTraining, padded_vocab_size
 
 
@@ -292,8 +294,9 @@ def run_preset(name: str, args) -> List[str]:
     ours, hf = build_models(config, device)
     compile_both = args.compile == "both"
     cpu_kernels = device.type == "cpu" and not compile_both  # as pretraining/training.py runs ours
+    linear = True if args.onednn_linear == "on" else None
     if cpu_kernels:
-        use_cpu_kernels(ours)
+        use_cpu_kernels(ours, linear=linear)
     batch = phase1_like_batch(config, batch_size, preset.seq_len, preset.predictions)
     ours_loss, hf_loss = eval_losses(ours, hf, batch, device, precision)
     step_fns = list(step_functions(ours, hf, batch, device, precision, args.optimizer, compile_both))
@@ -313,13 +316,15 @@ def run_preset(name: str, args) -> List[str]:
     elif cpu_kernels and args.without:
         ablated = BertForPreTraining(config).to(device).train()
         ablated.load_state_dict(ours.state_dict())
-        use_cpu_kernels(ablated, without=args.without)
+        use_cpu_kernels(ablated, without=args.without, linear=linear)
         step_fns.append(ours_step_function(ablated, batch, device, precision, args.optimizer, False))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     ours_time, hf_time, *third_time = interleaved_medians(step_fns, device, args.warmup, steps, clock)
 
-    where = (f"{torch.get_num_threads()} threads, {args.clock} time" if device.type == "cpu"
-             else torch.cuda.get_device_name(device))
+    where = (f"{torch.get_num_threads()} threads, {args.clock} time, {torch.backends.cpu.get_cpu_capability()}"
+             if device.type == "cpu" else torch.cuda.get_device_name(device))
+    if cpu_kernels:
+        where += f", CPU kernels {'+'.join(kernels_in_use(linear=linear)) or 'none'}"
     compiled = {"both": ", both compiled", "ours": ", ours eager and compiled"}.get(args.compile, "")
     shape = (f"{name} ({preset.model}, L={preset.seq_len}, P={preset.predictions}, batch {batch_size}, "
              f"{precision}, {args.optimizer}{compiled}, {where}, median of {steps})")
@@ -387,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--without", type=parse_without, default=(),
                         help="CPU presets: also time ours without these CPU kernels (comma-separated: "
                              f"{', '.join(KERNEL_NAMES)}, or all), interleaved with the others")
+    parser.add_argument("--onednn_linear", choices=("auto", "on"), default="auto",
+                        help="CPU presets: oneDNN's linear in ours where it pays off (auto: AVX-512, as training "
+                             "does) or on any CPU (on: to measure its share with --without linear)")
     parser.add_argument("--mfu", action="store_true", help="also print MFU lines for CPU presets")
     parser.add_argument("--peak_tflops", type=float, default=DATASHEET_PEAK[1],
                         help=f"datasheet bf16 peak for MFU, TFLOP/s (default: {DATASHEET_PEAK[0]})")

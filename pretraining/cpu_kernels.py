@@ -12,7 +12,8 @@ can be measured against the plain path (``benchmarks/pretraining_throughput.py -
              path with the bits mask (without dropout it is SDPA itself).
   linear     ``nn.Linear`` -> ``OneDnnLinear`` and ``ModelKernels.linear`` -> ``onednn_linear``: forward and
              input gradient through oneDNN's fp32 inner product, faster than MKL's sgemm for BERT's
-             shapes on AMD EPYC; the weight gradient stays on MKL (``pretraining.onednn_linear``).
+             shapes on AVX-512 AMD EPYC, slower on AVX2-only ones: by default only where ATen runs
+             AVX-512 kernels; the weight gradient stays on MKL (``pretraining.onednn_linear``).
   mlm_loss   ``ModelKernels.mlm_loss`` -> ``FusedDecoderCrossEntropy``: decoder and cross-entropy in one
              autograd function, only over the labelled rows and the real vocab rows, vocab-major logits
              (MKL's faster orientation) in one buffer reused every step (no fresh page-faulted [V, N]
@@ -35,7 +36,7 @@ from torch import nn
 
 from pretraining.losses import decoder_cross_entropy, softmax_cross_entropy, softmax_cross_entropy_grad
 from pretraining.modeling import BertForPreTraining
-from pretraining.onednn_linear import OneDnnLinear, onednn_available, onednn_linear
+from pretraining.onednn_linear import OneDnnLinear, onednn_available, onednn_linear, onednn_linear_pays_off
 
 KERNEL_NAMES = ("dropout", "attention", "linear", "mlm_loss")
 LANES = 1 << 16  # values of one int16 lane
@@ -193,31 +194,41 @@ class FusedDecoderCrossEntropy:
         return self.buffer
 
 
-def use_cpu_kernels(model: BertForPreTraining, without: Collection[str] = ()) -> int:
-    """Put the CPU kernels into ``model`` in place, all but those named in ``without`` (``KERNEL_NAMES``);
-    returns how many modules and kernel entries changed. Parameters and state-dict keys stay the same."""
+def kernels_in_use(without: Collection[str] = (), linear: Optional[bool] = None) -> Tuple[str, ...]:
+    """The names of ``KERNEL_NAMES`` that ``use_cpu_kernels`` puts in on this machine: all but ``without``;
+    ``linear`` only with oneDNN in this torch build and, unless ``linear=True`` forces it (to measure its
+    share anyway), where it pays off (``onednn_linear_pays_off``)."""
     unknown = set(without) - set(KERNEL_NAMES)
     if unknown:
         raise ValueError(f"unknown CPU kernel(s) {', '.join(sorted(unknown))}; choose from {', '.join(KERNEL_NAMES)}")
-    use_linear = "linear" not in without and onednn_available()
+    wanted = onednn_linear_pays_off() if linear is None else linear
+    return tuple(name for name in KERNEL_NAMES if name not in without
+                 and (name != "linear" or (wanted and onednn_available())))
+
+
+def use_cpu_kernels(model: BertForPreTraining, without: Collection[str] = (), linear: Optional[bool] = None) -> int:
+    """Put the CPU kernels into ``model`` in place, those of ``kernels_in_use(without, linear)``; returns how
+    many modules and kernel entries changed. Parameters and state-dict keys stay the same."""
+    chosen = kernels_in_use(without, linear)
+    use_linear = "linear" in chosen
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is nn.Dropout and "dropout" not in without:
+            if type(child) is nn.Dropout and "dropout" in chosen:
                 setattr(module, name, BitsDropout(child.p).train(child.training))
                 swapped += 1
             elif type(child) is nn.Linear and use_linear:  # the same Parameters, oneDNN's matmul
-                linear = OneDnnLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                      device="meta")
-                linear.weight, linear.bias = child.weight, child.bias
-                setattr(module, name, linear.train(child.training))
+                replacement = OneDnnLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                                           device="meta")
+                replacement.weight, replacement.bias = child.weight, child.bias
+                setattr(module, name, replacement.train(child.training))
                 swapped += 1
     entries = {}
-    if "attention" not in without and model.kernels.attention.masked is F.scaled_dot_product_attention:
+    if "attention" in chosen and model.kernels.attention.masked is F.scaled_dot_product_attention:
         entries["attention"] = dataclasses.replace(model.kernels.attention, masked=attention_with_bits_dropout)
     if use_linear and model.kernels.linear is F.linear:
         entries["linear"] = onednn_linear
-    if "mlm_loss" not in without and model.kernels.mlm_loss is decoder_cross_entropy:
+    if "mlm_loss" in chosen and model.kernels.mlm_loss is decoder_cross_entropy:
         entries["mlm_loss"] = FusedDecoderCrossEntropy()
     model.kernels = dataclasses.replace(model.kernels, **entries)
     return swapped + len(entries)

@@ -1,6 +1,6 @@
 """fp32 linear layers through oneDNN on the CPU: ``onednn_linear`` (F.linear's signature) and ``OneDnnLinear``.
 
-ATen sends a CPU ``F.linear`` / ``addmm`` to MKL's sgemm. On AMD EPYC CPUs oneDNN's fp32
+ATen sends a CPU ``F.linear`` / ``addmm`` to MKL's sgemm. On AVX-512 AMD EPYC CPUs oneDNN's fp32
 inner-product primitive (the one ``torch.ops.mkldnn._linear_pointwise`` runs, shipped in every x86
 PyTorch wheel) computes BERT's forward and input-gradient products faster, while MKL stays faster for
 most weight-gradient shapes ([out, N] @ [N, in]). So ``_OneDnnLinear`` runs the forward and the input
@@ -11,7 +11,8 @@ F.linear only in summation order (~1e-6 relative). Its share of a training step 
 
 ``onednn_linear`` falls back to ``F.linear`` wherever that path is not the plain case above:
 no oneDNN in this torch build, a non-CPU or non-fp32 tensor, CPU autocast on (F.linear would run in
-bf16 there), or torch.compile tracing. ``pretraining.cpu_kernels.use_cpu_kernels`` swaps it in.
+bf16 there), or torch.compile tracing. ``pretraining.cpu_kernels.use_cpu_kernels`` swaps it in where
+``onednn_linear_pays_off`` (AVX-512); on an AVX2-only CPU MKL's sgemm was the faster of the two.
 """
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ from torch import nn
 def onednn_available() -> bool:
     """True when this torch build has oneDNN and its fp32 linear op (x86 and aarch64 wheels do)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_linear_pays_off() -> bool:
+    """Whether ``use_cpu_kernels`` puts oneDNN's linear in by default on this CPU: where ATen runs its
+    AVX-512 kernels. There it was measured faster than MKL's sgemm for BERT's shapes; on an AVX2-only AMD
+    EPYC it was measured slower, so MKL stays (docs/performance.md, the kernels' shares per machine)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _inner_product(x_2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

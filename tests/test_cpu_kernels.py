@@ -102,7 +102,7 @@ def test_swap_keeps_eval_outputs_and_trains_with_the_new_dropout():
     # 2 layers x (attention output, FFN output) + embeddings = 5 dropouts, 2 x 6 encoder linears + pooler,
     # MLM transform and NSP linears, and the model's three kernel entries (attention, linear, mlm_loss)
     linears = 15 if onednn_available() else 0
-    assert use_cpu_kernels(model) == 5 + linears + 2 + (1 if linears else 0)
+    assert use_cpu_kernels(model, linear=True) == 5 + linears + 2 + (1 if linears else 0)
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     assert not linears or not any(type(m) is torch.nn.Linear for m in model.modules())
     assert all(a is b for a, b in zip(model.parameters(), parameters, strict=True))  # the same Parameters
@@ -112,7 +112,7 @@ def test_swap_keeps_eval_outputs_and_trains_with_the_new_dropout():
     assert reference.kernels.mlm_loss is decoder_cross_entropy  # the default kernels are plain torch
     assert reference.kernels.attention.masked is F.scaled_dot_product_attention
     assert reference.kernels.linear is F.linear
-    assert use_cpu_kernels(model) == 0  # idempotent
+    assert use_cpu_kernels(model, linear=True) == 0  # idempotent
     batch = batch_for(TINY)
     model.eval(), reference.eval()
     (mlm, nsp), (reference_mlm, reference_nsp) = model(*batch), reference(*batch)
@@ -201,7 +201,7 @@ def test_fused_decoder_cross_entropy_reuses_its_buffer_unless_a_backward_still_n
 def test_each_kernel_can_be_left_out(left_out):
     """``without`` leaves exactly that kernel's modules or entry as they were (the benchmark's A/B)."""
     model = BertForPreTraining(TINY)
-    use_cpu_kernels(model, without=[left_out])
+    use_cpu_kernels(model, without=[left_out], linear=True)
     kernels = model.kernels
     has_dropout = any(type(m) is torch.nn.Dropout for m in model.modules())
     assert has_dropout == (left_out == "dropout")

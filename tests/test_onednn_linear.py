@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from pretraining import onednn_linear as onednn
 from pretraining.bert_config import BertConfig
-from pretraining.cpu_kernels import use_cpu_kernels
+from pretraining.cpu_kernels import KERNEL_NAMES, kernels_in_use, use_cpu_kernels
 from pretraining.modeling import BertForPreTraining
 
 pytestmark = pytest.mark.skipif(not onednn.onednn_available(), reason="this torch build has no oneDNN")
@@ -71,7 +71,7 @@ def test_use_cpu_kernels_swaps_every_linear_and_keeps_the_state_dict():
     model = BertForPreTraining(tiny_config())
     keys = list(model.state_dict())
     linears = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
-    use_cpu_kernels(model)
+    use_cpu_kernels(model, linear=True)
     swapped = [name for name, m in model.named_modules() if type(m) is onednn.OneDnnLinear]
     assert swapped == linears and len(swapped) == 2 * 6 + 3  # 6 per layer, pooler, MLM transform, NSP
     assert model.kernels.linear is onednn.onednn_linear  # the concatenated q/k/v projections
@@ -81,6 +81,22 @@ def test_use_cpu_kernels_swaps_every_linear_and_keeps_the_state_dict():
 def test_use_cpu_kernels_leaves_linears_alone_without_onednn(monkeypatch):
     monkeypatch.setattr("pretraining.cpu_kernels.onednn_available", lambda: False)
     model = BertForPreTraining(tiny_config())
-    use_cpu_kernels(model)
+    use_cpu_kernels(model, linear=True)  # asked for, but this build has no oneDNN
     assert not any(type(m) is onednn.OneDnnLinear for m in model.modules())
     assert model.kernels.linear is F.linear
+
+
+@pytest.mark.parametrize("capability, swapped", [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False),
+                                                  ("DEFAULT", False)])
+def test_by_default_onednn_linear_only_where_aten_runs_avx512(monkeypatch, capability, swapped):
+    """Measured faster than MKL's sgemm on an AVX-512 EPYC and slower on an AVX2-only one: the default
+    follows the CPU; ``linear=True`` forces it (the benchmark's --onednn_linear on), ``False`` leaves it out."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert onednn.onednn_linear_pays_off() == swapped
+    assert ("linear" in kernels_in_use()) == swapped
+    assert kernels_in_use(linear=True) == KERNEL_NAMES and "linear" not in kernels_in_use(linear=False)
+    model = BertForPreTraining(tiny_config())
+    use_cpu_kernels(model)
+    assert any(type(m) is onednn.OneDnnLinear for m in model.modules()) == swapped
+    assert (model.kernels.linear is onednn.onednn_linear) == swapped
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())  # the other kernels go in regardless

@@ -39,7 +39,7 @@ def scrambled_model(kernels: str = "sdpa") -> BertForPreTraining:
     elif kernels == "varlen stand-in":
         model.kernels = dataclasses.replace(model.kernels, attention=AttentionDispatch(varlen=REFERENCE_VARLEN))
     elif kernels == "cpu kernels":
-        use_cpu_kernels(model)
+        use_cpu_kernels(model, linear=True)  # every kernel, oneDNN's linear too, on any CPU
     return model
 
 
